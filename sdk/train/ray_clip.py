@@ -1,0 +1,116 @@
+"""Ray Train wrapper for the CLIP loop: ``TorchTrainer`` on N workers (gloo on CPU, NCCL on GPU)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raylens.train.clip_loop import HISTORY_FILE, TrainResult, train_clip
+from raylens.train.config import ClipTrainConfig
+
+__all__ = ["RayContext", "fit_clip", "RayTrainOptions"]
+
+
+class RayContext:
+    """A :class:`~raylens.train.context.TrainContext` backed by ``ray.train``."""
+
+    def __init__(self):
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self._last: Path | None = None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    def latest_checkpoint(self) -> Path | None:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        local = Path(tempfile.mkdtemp(prefix="raylens-resume-"))
+        return Path(ckpt.to_directory(str(local)))
+
+
+def _worker(config: dict[str, Any]) -> None:
+    import torch
+
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    cfg = ClipTrainConfig.from_dict(config["train"])
+    shard = ray.train.get_dataset_shard("train")
+
+    def epoch_batches(epoch: int):
+        return shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", drop_last=True,
+                                  local_shuffle_buffer_size=config["shuffle_buffer"],
+                                  local_shuffle_seed=cfg.seed * 1000 + epoch)
+
+    train_clip(cfg, epoch_batches, RayContext())
+
+
+@dataclass
+class RayTrainOptions:
+    """Where and how the run executes (everything that is Ray's, not the model's)."""
+
+    num_workers: int = 2
+    """Training workers; each holds a model replica and a shard of the data."""
+    use_gpu: bool = False
+    """One GPU per worker (NCCL); CPU workers use gloo."""
+    cpus_per_worker: float = 1
+    storage_path: str | None = None
+    """Where checkpoints go; shared storage (NFS/S3) on a multi-node cluster. Default: ~/.raylens/runs."""
+    name: str | None = None
+    """Run name; re-running with the same name and storage resumes from the latest checkpoint."""
+    max_failures: int = 0
+    """Worker-group restarts allowed before the run fails (``FailureConfig``)."""
+    num_to_keep: int | None = 2
+    """Checkpoints kept (``CheckpointConfig``); None keeps all."""
+    shuffle_buffer: int = 512
+    """Rows in each worker's local shuffle buffer."""
+
+    def __post_init__(self):
+        if self.num_workers < 1:
+            raise ValueError(f"`num_workers` must be >= 1, got {self.num_workers}")
+        if self.max_failures < -1:
+            raise ValueError(f"`max_failures` must be >= -1 (-1 = retry forever), got {self.max_failures}")
+        if self.num_to_keep is not None and self.num_to_keep < 1:
+            raise ValueError(f"`num_to_keep` must be >= 1 or None, got {self.num_to_keep}")
+
+
+def fit_clip(train_ds: "ray.data.Dataset", cfg: ClipTrainConfig, opts: RayTrainOptions | None = None) -> TrainResult:
+    """Train CLIP on ``train_ds`` (rows with ``image`` and ``caption``) with Ray Train.
+
+    Returns the final checkpoint (a directory holding ``model.safetensors``, ``config.json`` with the
+    resolved config, ``history.json``) and the logged history.
+    """
+    opts = opts or RayTrainOptions()
+    storage = opts.storage_path or str(Path("~/.raylens/runs").expanduser())
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"train": cfg.to_dict(), "shuffle_buffer": opts.shuffle_buffer,
+                           "threads": None if opts.use_gpu else max(1, int(opts.cpus_per_worker))},
+        scaling_config=ScalingConfig(num_workers=opts.num_workers, use_gpu=opts.use_gpu,
+                                     resources_per_worker={"CPU": opts.cpus_per_worker}),
+        run_config=RunConfig(
+            name=opts.name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=opts.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=opts.num_to_keep),
+        ),
+        datasets={"train": train_ds},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        return TrainResult(None, [], 0, 0.0)
+    ckpt_dir = Path(result.checkpoint.path)
+    history = json.loads((ckpt_dir / HISTORY_FILE).read_text()) if (ckpt_dir / HISTORY_FILE).is_file() else []
+    steps = history[-1]["step"] if history else 0
+    return TrainResult(ckpt_dir, history, steps, 0.0)

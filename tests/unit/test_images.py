@@ -1,0 +1,52 @@
+import io
+
+import numpy as np
+import open_clip
+import pytest
+from PIL import Image
+
+from raylens.data.images import BadImage, ClipPreprocess, decode_image
+
+
+def _png(arr) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (50, 80), (97, 41)])
+def test_preprocess_matches_open_clip(hw):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(*hw, 3), dtype=np.uint8)
+    ours = ClipPreprocess(32)(arr)
+    ref = open_clip.image_transform(32, is_train=False)(Image.fromarray(arr)).numpy()
+    assert ours.shape == ref.shape == (3, 32, 32)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_decode_roundtrip_and_greyscale():
+    arr = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    assert np.array_equal(decode_image(_png(arr)), arr)
+    grey = decode_image(_png(np.full((5, 6), 7, np.uint8)))
+    assert grey.shape == (5, 6, 3) and (grey == 7).all()
+
+
+def test_decode_errors_name_the_reason():
+    with pytest.raises(BadImage, match="empty file"):
+        decode_image(b"")
+    with pytest.raises(BadImage, match="not a readable image"):
+        decode_image(b"this is a text file, not a picture")
+    data = _png(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(BadImage, match="corrupt or truncated"):
+        decode_image(data[: len(data) // 2])
+    with pytest.raises(BadImage, match="over the limit"):
+        decode_image(data, max_pixels=100)
+    with pytest.raises(TypeError):
+        decode_image("path.png")
+
+
+def test_preprocess_validates():
+    with pytest.raises(ValueError, match="image_size"):
+        ClipPreprocess(0)
+    with pytest.raises(ValueError, match="uint8"):
+        ClipPreprocess(8)(np.zeros((8, 8, 3), np.float32))
