@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["init_ray", "pick_device"]
+__all__ = ["init_ray", "pick_device", "cpus_per_replica"]
 
 
 def pick_device() -> str:
@@ -28,12 +28,42 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
     kwargs = dict(
         ignore_reinit_error=True,
         logging_level=logging.WARNING if quiet else logging.INFO,
         log_to_driver=True,
     )
     if address:
-        return ray.init(address=address, **kwargs)
-    return ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        ctx = ray.init(address=address, **kwargs)
+    else:
+        # the dashboard also serves the state API that Ray Train's placement-group cleaner polls
+        ctx = ray.init(num_cpus=num_cpus, **kwargs)
+    _quiet_progress(quiet)
+    return ctx
+
+
+def _quiet_progress(quiet: bool) -> None:
+    """Ray Data's per-operator bars flood logs and non-terminals; raylens shows its own progress."""
+    import sys
+
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    if quiet or not sys.stderr.isatty():
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+
+
+def cpus_per_replica(replicas: int, *, reserve_for_data: float = 1.0) -> float:
+    """CPUs to give each of ``replicas`` model replicas (train workers, embedding actors) so that
+    Ray Data keeps ``reserve_for_data`` CPUs for the reading and decoding that feeds them.
+
+    With every CPU taken by replicas, the streaming ingest feeding them gets none and the run
+    stalls. On a 2-core machine with 2 replicas this gives 0.5 CPU each; never more than 1.
+    """
+    import ray
+
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    total = ray.cluster_resources().get("CPU", 1.0)
+    return max(0.25, min(1.0, (total - reserve_for_data) / replicas))

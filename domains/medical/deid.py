@@ -323,7 +323,7 @@ class Deidentifier:
         ds.PatientID = pseudo_patient
         ds.PatientName = pseudo_patient
         ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "raylens: DICOM PS3.15 Basic Application Level Confidentiality Profile"
+        ds.DeidentificationMethod = "raylens: PS3.15 Basic Application Confidentiality Profile"
         code = Dataset()
         code.CodeValue = "113100"
         code.CodingSchemeDesignator = "DCM"

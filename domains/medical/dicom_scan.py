@@ -17,7 +17,7 @@ import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .deid import Pseudonymizer
 from .errors import DicomError, NotDicomError
@@ -234,14 +234,16 @@ def read_header(
     *,
     labels: Mapping[str, int] | None = None,
     label_key: str = "PatientID",
+    opener: Callable[[str], Any] | None = None,
 ) -> list[SliceHeader]:
     """The slice headers of one file (one per frame), read without pixel data.
 
     Args:
-        path: the file.
+        path: the file (or, with ``opener``, a name that ``opener`` turns into a file object).
         pseudo: the keyed pseudonymiser; every UID and the patient id are replaced here.
         labels: optional table from the original value of ``label_key`` to an int label.
         label_key: which header attribute the label table is keyed on (one of :data:`LABEL_KEYS`).
+        opener: ``name -> binary file object`` for files that live in memory (an upload).
 
     Raises:
         NotDicomError: not a DICOM file, or a DICOM object without pixel data.
@@ -251,7 +253,7 @@ def read_header(
 
     path = str(path)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(opener(path) if opener else path, stop_before_pixels=True)
     except InvalidDicomError:
         raise NotDicomError("not a DICOM file (no DICM preamble)") from None
     except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -309,13 +311,14 @@ def read_headers(
     *,
     labels: Mapping[str, int] | None = None,
     label_key: str = "PatientID",
+    opener: Callable[[str], Any] | None = None,
 ) -> tuple[list[SliceHeader], list[tuple[str, str]]]:
     """:func:`read_header` over many files: ``(headers, skipped)`` with ``skipped = [(path, reason)]``."""
     headers: list[SliceHeader] = []
     skipped: list[tuple[str, str]] = []
     for p in paths:
         try:
-            headers.extend(read_header(p, pseudo, labels=labels, label_key=label_key))
+            headers.extend(read_header(p, pseudo, labels=labels, label_key=label_key, opener=opener))
         except DicomError as e:
             skipped.append((str(p), str(e)))
     return headers, skipped

@@ -1,7 +1,7 @@
 """A DICOM phantom generator: real CT and MR series for N patients, written with pydicom.
 
 Each patient has a body (an ellipsoid of soft tissue with a bony rod) and one lesion. On CT the
-lesion is *dense* (about 160 HU) or not (about 10 HU, slightly hypodense); on MR it is *bright* or
+lesion is *dense* (about 185 HU) or not (about -30 HU, hypodense); on MR it is *bright* or
 *dark*. The label is 1 only when the lesion is dense on CT **and** bright on MR, so one modality
 alone cannot tell a positive from a negative that shares its look on that modality, while fusing
 both can. With the default category mix (40% dense+bright, 30% dense only, 30% bright only) a perfect
@@ -117,6 +117,8 @@ class PhantomPatient:
     frame_of_reference_uid: str = ""
     folders: dict[str, str] = field(default_factory=dict)
     """Modality -> folder of its files."""
+    anatomy: dict = field(default_factory=dict, repr=False)
+    """The phantom's shape (centres, radii, intensities): render it with :func:`render_phantom`."""
 
     def phi_values(self) -> list[str]:
         """Every identifying value written into this patient's files (for the no-PHI test)."""
@@ -166,8 +168,15 @@ def _soft(d: np.ndarray, width: float = 0.8) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(np.clip(d / width, -30, 30)))
 
 
-def render_phantom(points: np.ndarray, anatomy: dict, modality: str, rng: np.random.Generator) -> np.ndarray:
-    """Evaluate the phantom at patient points ``(..., 3)`` (LPS mm): HU for CT, a.u. for MR."""
+def render_phantom(points: np.ndarray, anatomy: dict, modality: str, rng: np.random.Generator | None = None,
+                   *, noise_scale: float = 1.0) -> np.ndarray:
+    """Evaluate the phantom at patient points ``(..., 3)`` (LPS mm): HU for CT, a.u. for MR.
+
+    ``noise_scale=0`` (or ``rng=None``) gives the noise-free phantom, which tests compare against.
+    """
+    if rng is None:
+        noise_scale = 0.0
+        rng = np.random.default_rng(0)
     rel = points - anatomy["centre"]
     r = np.asarray(anatomy["radii"])
     body_d = (np.sqrt(np.sum((rel / r) ** 2, axis=-1)) - 1.0) * r.min()
@@ -178,11 +187,11 @@ def render_phantom(points: np.ndarray, anatomy: dict, modality: str, rng: np.ran
     if modality == "CT":
         lesion_hu = anatomy["ct_lesion_hu"]
         v = -1000.0 + body * (1000.0 + 40.0) + rod * 360.0 + les * (lesion_hu - 40.0)
-        v = v + rng.normal(0.0, 12.0, size=v.shape) * (0.3 + 0.7 * body)
+        v = v + noise_scale * rng.normal(0.0, 10.0, size=v.shape) * (0.3 + 0.7 * body)
     else:
         s = anatomy["mr_scale"]
         v = body * 300.0 + rod * (-220.0) + les * (anatomy["mr_lesion"] - 300.0)
-        v = s * (v + rng.normal(0.0, 15.0, size=v.shape) * body)
+        v = s * (v + noise_scale * rng.normal(0.0, 15.0, size=v.shape) * body)
         v = np.clip(v, 0, None)
     return v
 
@@ -204,9 +213,9 @@ def _anatomy(rng: np.random.Generator, dense: bool, bright: bool) -> dict:
         rod_centre=rod_centre,
         rod_radius=5.0,
         lesion_centre=lesion_centre,
-        lesion_radius=float(rng.uniform(7.0, 10.0)),
-        ct_lesion_hu=float(rng.uniform(140, 190) if dense else rng.uniform(0, 20)),
-        mr_lesion=float(rng.uniform(620, 760) if bright else rng.uniform(120, 180)),
+        lesion_radius=float(rng.uniform(9.0, 13.0)),
+        ct_lesion_hu=float(rng.uniform(160, 210) if dense else rng.uniform(-50, -10)),
+        mr_lesion=float(rng.uniform(650, 800) if bright else rng.uniform(100, 160)),
         mr_scale=float(rng.uniform(0.7, 1.4)),
     )
 
@@ -445,6 +454,7 @@ def generate_phantoms(root: str | Path, config: PhantomConfig | None = None) -> 
             frame_of_reference_uid=generate_uid(),
         )
         anatomy = _anatomy(prng, dense, bright)
+        p.anatomy = anatomy
         shared_study = generate_uid()
         for m in mods:
             study = shared_study if cfg.same_study else generate_uid()

@@ -21,7 +21,7 @@ import numpy as np
 
 from .geometry import affine, affine_lps_to_ras, geometry_from_affine
 
-__all__ = ["VolumeTransformConfig", "normalize_volume", "NormalizeVolumed"]
+__all__ = ["VolumeTransformConfig", "normalize_volume", "NormalizeVolumed", "FUSION_COLUMNS", "fusion_inputs", "FusionInputsd"]
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ class VolumeTransformConfig:
     """Voxel size in mm after resampling, in RAS axis order (x, y, z)."""
     spatial_size: tuple[int, int, int] = (32, 32, 32)
     """Output shape after centre crop / pad."""
-    ct_window: tuple[float, float] = (-150.0, 250.0)
-    """CT window (HU) mapped to [0, 1] and clipped; the default is a soft-tissue window."""
+    ct_window: tuple[float, float] = (-150.0, 350.0)
+    """CT window (HU) mapped to [0, 1] and clipped: soft tissue up to enhancing/dense lesions."""
     mr_norm: str = "zscore"
     """MR intensity normalisation: ``"zscore"`` over non-zero voxels, or ``"minmax"`` to [0, 1]."""
     axcodes: str = "RAS"
@@ -78,8 +78,8 @@ def normalize_volume(
         raise ValueError(f"volume must be 3D, got shape {vol.shape}")
     aff = torch.as_tensor(affine_lps_to_ras(affine(spacing, origin, direction)), dtype=torch.float64)
     img = MetaTensor(torch.from_numpy(np.ascontiguousarray(vol))[None], affine=aff)
-    img = Orientation(axcodes=config.axcodes)(img)
-    img = Spacing(pixdim=config.target_spacing, mode=config.mode, padding_mode="border")(img)
+    img = Orientation(axcodes=config.axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
+    img = Spacing(pixdim=config.target_spacing, mode=config.mode, padding_mode="border", dtype=torch.float32)(img)
     if modality.upper() == "CT":
         lo, hi = config.ct_window
         img = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(img)
@@ -150,3 +150,47 @@ def _stack_rows(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, np.
         else:
             out[c] = np.asarray(vals)
     return out
+
+
+FUSION_COLUMNS = ("key", "study_uid", "patient_id", "label", "ct", "mr_aligned", "mr", "present")
+"""Columns of a model-ready row: ``ct``/``mr_aligned`` on one grid (early fusion), ``mr`` on its own."""
+
+
+def fusion_inputs(paired: dict[str, Any], config: VolumeTransformConfig = VolumeTransformConfig()) -> dict[str, Any]:
+    """Model-ready volumes from a paired row (see :mod:`.pairing`).
+
+    * ``ct``: CT on the reference grid, windowed; ``mr_aligned``: the MR resampled onto that grid,
+      normalised with the same geometry, so both voxel grids coincide (early fusion);
+    * ``mr``: the MR normalised on its own grid (mid and late fusion);
+    * ``present``: ``[has_ct, has_mr]`` as float32. A missing modality is all zeros.
+    """
+    shape = tuple(config.spatial_size)
+    zeros = np.zeros(shape, dtype=np.float32)
+    geo = (paired["spacing"], paired["origin"], paired["direction"])
+    has_ct, has_mr = bool(paired["has_ct"]), bool(paired["has_mr"])
+    ct = normalize_volume(paired["ct_volume"], *geo, "CT", config)[0] if has_ct else zeros
+    mr_aligned = normalize_volume(paired["mr_volume"], *geo, "MR", config)[0] if has_mr else zeros
+    mr = (normalize_volume(paired["mr_native_volume"], paired["mr_native_spacing"], paired["mr_native_origin"],
+                           paired["mr_native_direction"], "MR", config)[0] if has_mr else zeros)
+    return {
+        "key": str(paired["key"]),
+        "study_uid": str(paired["study_uid"]),
+        "patient_id": str(paired["patient_id"]),
+        "label": int(paired["label"]),
+        "ct": ct,
+        "mr_aligned": mr_aligned,
+        "mr": mr,
+        "present": np.array([has_ct, has_mr], dtype=np.float32),
+    }
+
+
+class FusionInputsd:
+    """Batch twin of :func:`fusion_inputs`: paired-row batches in, model-ready batches out."""
+
+    def __init__(self, config: VolumeTransformConfig = VolumeTransformConfig()):
+        self.config = config
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["key"])
+        rows = [fusion_inputs({k: batch[k][i] for k in batch}, self.config) for i in range(n)]
+        return _stack_rows(rows, list(FUSION_COLUMNS))

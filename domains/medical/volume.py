@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -183,12 +183,12 @@ def _check_consistent(headers: Sequence[SliceHeader], tol: GeometryTolerance) ->
         raise MixedSeriesError("mixed series: slices with different PixelSpacing")
 
 
-def _read_pixels(path: str, transfer_syntax: str, deidentifier=None, deid_root: str | None = None):
+def _read_pixels(path: str, transfer_syntax: str, deidentifier=None, deid_root: str | None = None, opener=None):
     import pydicom
 
     check_decoder(transfer_syntax)
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(opener(path) if opener else path)
         arr = ds.pixel_array
     except MissingDecoderError:
         raise
@@ -220,6 +220,7 @@ def load_series(
     deidentifier=None,
     deid_output_dir: str | None = None,
     max_voxels: int = MAX_SERIES_VOXELS,
+    opener: Callable[[str], Any] | None = None,
 ) -> SeriesVolume:
     """Build the volume of one series from its slice headers (all with one ``series_uid``).
 
@@ -229,6 +230,7 @@ def load_series(
         deidentifier: a :class:`~raylens_domains.medical.deid.Deidentifier`; with
             ``deid_output_dir`` a de-identified DICOM copy of each file is written there.
         max_voxels: refuse series larger than this.
+        opener: ``name -> binary file object`` for files held in memory (see :func:`.dicom_scan.read_header`).
 
     Raises:
         MixedSeriesError, MissingSlicesError, SeriesGeometryError, MissingDecoderError, DicomError.
@@ -252,7 +254,7 @@ def load_series(
         by_path.setdefault(h.path, []).append(k)
     volume = np.empty((len(ordered), h0.rows, h0.cols), dtype=np.float32)
     for path, ks in by_path.items():
-        arr, lut = _read_pixels(path, ordered[ks[0]].transfer_syntax, deidentifier, deid_output_dir)
+        arr, lut = _read_pixels(path, ordered[ks[0]].transfer_syntax, deidentifier, deid_output_dir, opener)
         n_frames = ordered[ks[0]].n_frames
         if n_frames > 1 and arr.ndim == 2:
             arr = arr[None]

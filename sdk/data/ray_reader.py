@@ -41,11 +41,13 @@ class IngestReporter:
         return IngestReport(self._source, len(self._ok), [SkippedRow(p, r) for p, r in self._skipped.items()])
 
 
-def _decode_udf(batch: dict[str, np.ndarray], *, preprocess: ClipPreprocess, base: str, split: str | None,
+def _select_split(batch: dict[str, np.ndarray], *, split: str) -> dict[str, np.ndarray]:
+    keep = np.asarray([str(s) == split for s in batch["split"]], dtype=bool)
+    return {k: np.asarray(v)[keep] for k, v in batch.items()}
+
+
+def _decode_udf(batch: dict[str, np.ndarray], *, preprocess: ClipPreprocess, base: str,
                 reporter) -> dict[str, np.ndarray]:
-    if split is not None:
-        keep = np.asarray([str(s) == split for s in batch["split"]], dtype=bool)
-        batch = {k: np.asarray(v)[keep] for k, v in batch.items()}
     batch["path"] = np.asarray([p if Path(p).is_absolute() else str(Path(base) / p) for p in map(str, batch["path"])])
     out, skipped = decode_captioned_batch(batch, preprocess)
     ray.get(reporter.record.remote([str(p) for p in out["path"]], [(s.path, s.reason) for s in skipped]))
@@ -100,10 +102,12 @@ def read_captioned_images(
     else:
         ds = ray.data.read_json(str(path), lines=True, override_num_blocks=override_num_blocks)
     reporter = IngestReporter.remote(str(path))
+    if split is not None:  # before decoding, so no image tensor column is ever empty
+        ds = ds.map_batches(_select_split, batch_format="numpy", fn_kwargs={"split": split})
     ds = ds.map_batches(
         _decode_udf,
         batch_size=batch_size,
         batch_format="numpy",
-        fn_kwargs={"preprocess": preprocess, "base": str(path.parent), "split": split, "reporter": reporter},
+        fn_kwargs={"preprocess": preprocess, "base": str(path.parent), "reporter": reporter},
     )
     return CaptionedImages(ds, reporter, str(path))

@@ -38,21 +38,26 @@ def embed_images(
     num_actors: int = 1,
     num_gpus: float = 0,
     drop_image: bool = True,
-    threads_per_actor: int | None = None,
+    cpus_per_actor: float | None = None,
 ) -> "ray.data.Dataset":
     """Add an ``embedding`` column to a dataset of preprocessed ``image`` rows (lazy).
 
-    ``num_actors`` model replicas run in an ``ActorPoolStrategy``; decoding tasks upstream keep
-    running while the actors embed, so decode and inference overlap.
+    ``num_actors`` model replicas run in an ``ActorPoolStrategy``. On CPU each reserves
+    ``cpus_per_actor`` (default: leave one CPU to the decoding tasks upstream, see
+    ``raylens.runtime.cpus_per_replica``), so decode and inference overlap instead of starving.
     """
+    from raylens.runtime import cpus_per_replica
+
     if num_actors < 1:
         raise ValueError(f"num_actors must be >= 1, got {num_actors}")
+    cpus = 0 if num_gpus else (cpus_per_actor or cpus_per_replica(num_actors))
     return ds.map_batches(
         EmbedImages,
         fn_constructor_kwargs={"model": model, "checkpoint": checkpoint, "drop_image": drop_image,
-                               "threads": threads_per_actor},
+                               "threads": max(1, round(cpus)) if cpus else None},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_gpus=num_gpus,
+        num_cpus=cpus,
     )

@@ -6,8 +6,9 @@ base). Search parameters must mirror that nesting, so :func:`search_params` walk
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 import faiss
 import numpy as np
@@ -63,6 +64,32 @@ def prepare_ids(index: faiss.Index) -> None:
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
 
 
+@contextlib.contextmanager
+def omp_threads(n: int | None) -> Iterator[None]:
+    """Run FAISS with ``n`` OpenMP threads inside the block (None: leave as is)."""
+    if n is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def configure_training(index: faiss.Index, niter: int = 10) -> None:
+    """Cheaper training: ``niter`` k-means iterations for IVF, no polysemous training for IVF-PQ
+    (FAISS's factory turns it on; it costs minutes and only helps polysemous search, unused here)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return
+    ivf = faiss.downcast_index(ivf)
+    ivf.cp.niter = niter
+    if hasattr(ivf, "do_polysemous_training"):
+        ivf.do_polysemous_training = False
+
+
 def drop_direct_map(index: faiss.Index) -> None:
     """Remove the direct map (FAISS's ``merge_from`` refuses IVF indices that carry one)."""
     ivf = faiss.try_extract_index_ivf(index)
@@ -87,18 +114,21 @@ def tunable_params(index: faiss.Index) -> dict[str, list[int]]:
     elif fam == "hnsw":
         out["efSearch"] = [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024]
     if has_refine(index):
-        out["k_factor"] = [1, 2, 4, 8]
+        out["k_factor"] = [1, 2, 4, 8, 16]
     return out
 
 
 def default_params(index: faiss.Index) -> dict[str, int]:
     """Reasonable untuned settings (what a search uses before autotuning)."""
     fam = family(index)
+    out: dict[str, int] = {}
     if fam == "ivf":
-        return {"nprobe": min(nlist(index), max(1, nlist(index) // 16))}
-    if fam == "hnsw":
-        return {"efSearch": 64}
-    return {}
+        out["nprobe"] = min(nlist(index), max(1, nlist(index) // 16))
+    elif fam == "hnsw":
+        out["efSearch"] = 64
+    if has_refine(index):
+        out["k_factor"] = 4
+    return out
 
 
 def search_params(index: faiss.Index, params: dict[str, Any], sel: faiss.IDSelector | None, *, k: int) -> tuple[Any, list]:

@@ -41,11 +41,13 @@ class BuildOptions:
     """Most bytes the index may take (``"4G"``); None: half of this machine's available memory."""
     latency_target_ms: float = 10.0
     """Per-query latency the automatic choice aims for (autofaiss's default is 10 ms)."""
+    build_time_target_s: float = 300.0
+    """Build time the automatic choice aims for on this machine's cores (HNSW size, IVF nlist)."""
     recall_target: float = 0.95
     """Recall@10 against exact search that autotuning must reach on held-out queries."""
     tune: bool = True
     """Autotune ``nprobe``/``efSearch`` after building (approximate indices only)."""
-    tune_queries: int = 256
+    tune_queries: int = 500
     """Held-out queries sampled from the data for autotuning (their own id is left out of recall)."""
     train_size: int | None = None
     """Vectors sampled to train IVF/PQ; None: about 64 per IVF list, at most 200,000."""
@@ -55,6 +57,9 @@ class BuildOptions:
     """``auto`` (GPU when faiss-gpu sees one), ``cpu`` or ``cuda``."""
     seed: int = 0
     """Seeds the training sample and the tuning queries."""
+    threads: int | None = None
+    """FAISS OpenMP threads while building (None: FAISS's default, every core). On a busy machine,
+    1 can train PQ many times faster: its many tiny parallel steps stall on descheduled threads."""
 
     def __post_init__(self):
         if self.metric not in ("ip", "l2"):
@@ -66,6 +71,8 @@ class BuildOptions:
         self.memory_budget = parse_bytes(self.memory_budget)
         if not (self.latency_target_ms > 0):
             raise ValueError(f"`latency_target_ms` must be > 0, got {self.latency_target_ms}")
+        if not (self.build_time_target_s > 0):
+            raise ValueError(f"`build_time_target_s` must be > 0 seconds, got {self.build_time_target_s}")
         if not (0 < self.recall_target <= 1):
             raise ValueError(f"`recall_target` must be in (0, 1], got {self.recall_target}; 0.95 is the usual target")
         if not isinstance(self.tune_queries, int) or self.tune_queries < 10:
@@ -74,6 +81,8 @@ class BuildOptions:
             raise ValueError(f"`train_size` must be a positive int or None (automatic), got {self.train_size!r}")
         if self.dedup_threshold is not None and not isinstance(self.dedup_threshold, (int, float)):
             raise TypeError(f"`dedup_threshold` must be a number or None, got {self.dedup_threshold!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"`threads` must be a positive int or None (FAISS default), got {self.threads!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"`device` must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
 

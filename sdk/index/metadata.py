@@ -59,8 +59,12 @@ class MetadataStore:
         table = table if table is not None else pa.table({ID: pa.array([], pa.int64())})
         if ID not in table.column_names:
             raise ValueError("metadata table has no 'id' column")
-        self.table = table.sort_by(ID)
-        self._ids = self.table.column(ID).to_numpy().astype(np.int64, copy=False)
+        ids = table.column(ID).to_numpy().astype(np.int64, copy=False)
+        if len(ids) > 1 and not (np.diff(ids) > 0).all():
+            table = table.sort_by(ID)
+            ids = table.column(ID).to_numpy().astype(np.int64, copy=False)
+        self.table = table
+        self._ids = ids
 
     def __len__(self) -> int:
         return self.table.num_rows

@@ -131,6 +131,7 @@ def write_directory(directory: Path, write_files: Callable[[Path], IndexManifest
                 os.fsync(fh.fileno())
             _fsync_path(tmp)
             _swap_in(tmp, directory)
+            _clean_stale(directory)  # a crashed save's old version is obsolete now
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

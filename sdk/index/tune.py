@@ -1,7 +1,9 @@
 """Search-parameter autotuning: the cheapest ``nprobe``/``efSearch``/``k_factor`` that reaches a recall target.
 
 Recall is recall@k against exact search on held-out queries: the fraction of the exact top-k ids
-that the index returns in its own top-k. Recall grows with each knob, so for every value of the
+that the index returns in its own top-k. A setting passes when the lower end of its ~95% interval
+(recall − z·√(r(1−r)/(queries·k)), z = 2) reaches the target, so the target holds on new queries
+too, not only on the tuning sample. Recall grows with each knob, so for every value of the
 secondary knob (``k_factor``) a binary search finds the smallest primary value (``nprobe`` or
 ``efSearch``) reaching the target; the candidate with the lowest measured latency wins.
 """
@@ -9,6 +11,7 @@ secondary knob (``k_factor``) a binary search finds the smallest primary value (
 from __future__ import annotations
 
 import itertools
+import math
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -63,6 +66,7 @@ def autotune(
     *,
     target: float = 0.95,
     k: int = 10,
+    z: float = 2.0,
 ) -> TuneResult:
     """Tune ``knobs`` (name → candidate values, cheapest first) for ``search(params, k) -> ids``.
 
@@ -73,6 +77,10 @@ def autotune(
     secondary = [n for n in knobs if n != primary]
     table: list[dict[str, Any]] = []
     cache: dict[tuple, tuple[float, float]] = {}
+    trials = max(1, len(truth) * k)
+
+    def passes(recall: float) -> bool:
+        return recall - z * math.sqrt(recall * (1 - recall) / trials) >= target
 
     def measure(params: dict[str, int]) -> tuple[float, float]:
         key = tuple(sorted(params.items()))
@@ -93,18 +101,18 @@ def autotune(
             continue
         values = knobs[primary]
         lo, hi = 0, len(values) - 1
-        if measure({**fixed, primary: values[hi]})[0] < target:
+        if not passes(measure({**fixed, primary: values[hi]})[0]):
             candidates.append({**fixed, primary: values[hi]})
             continue
         while lo < hi:  # smallest value reaching the target
             mid = (lo + hi) // 2
-            if measure({**fixed, primary: values[mid]})[0] >= target:
+            if passes(measure({**fixed, primary: values[mid]})[0]):
                 hi = mid
             else:
                 lo = mid + 1
         candidates.append({**fixed, primary: values[lo]})
     scored = [(p, *measure(p)) for p in candidates]
-    ok = [s for s in scored if s[1] >= target]
+    ok = [s for s in scored if passes(s[1])]
     if ok:
         best = min(ok, key=lambda s: s[2])
     else:

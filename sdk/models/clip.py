@@ -177,7 +177,7 @@ def _resolve_weights(pretrained: str | None, spec: ModelSpec) -> tuple[str | Non
     return pretrained, f"open_clip:{pretrained}"  # an open_clip pretrained tag; open_clip resolves it
 
 
-@register_model("clip-tiny", doc="Tiny CLIP (conv image tower at 32px, 2-layer text tower); trains on CPU in minutes.")
+@register_model("clip-tiny", doc="Tiny CLIP (timm test_resnet image tower at 32px, 2-layer text tower); trains on CPU in minutes.")
 def clip_tiny(pretrained: str | None = None, **overrides: Any) -> ClipModel:
     return _build("clip-tiny", "raylens-clip-tiny", pretrained, **overrides)
 

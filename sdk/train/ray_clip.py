@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from raylens.train.clip_loop import HISTORY_FILE, TrainResult, train_clip
@@ -40,8 +40,19 @@ class RayContext:
         return Path(ckpt.to_directory(str(local)))
 
 
+def _quiet_train_logs() -> None:
+    """Ray Train logs every report call at INFO under a logger named by file path; keep it quiet."""
+    import logging
+
+    from ray.train.v2._internal.execution import context as _ctx
+
+    logging.getLogger(_ctx.__file__).setLevel(logging.WARNING)
+
+
 def _worker(config: dict[str, Any]) -> None:
     import torch
+
+    _quiet_train_logs()
 
     if config.get("threads"):
         torch.set_num_threads(config["threads"])
@@ -64,7 +75,9 @@ class RayTrainOptions:
     """Training workers; each holds a model replica and a shard of the data."""
     use_gpu: bool = False
     """One GPU per worker (NCCL); CPU workers use gloo."""
-    cpus_per_worker: float = 1
+    cpus_per_worker: float | None = None
+    """CPUs reserved per worker; None leaves one CPU of the cluster for the data ingest (see
+    ``raylens.runtime.cpus_per_replica``). Torch uses max(1, round(cpus)) threads."""
     storage_path: str | None = None
     """Where checkpoints go; shared storage (NFS/S3) on a multi-node cluster. Default: ~/.raylens/runs."""
     name: str | None = None
@@ -75,12 +88,16 @@ class RayTrainOptions:
     """Checkpoints kept (``CheckpointConfig``); None keeps all."""
     shuffle_buffer: int = 512
     """Rows in each worker's local shuffle buffer."""
+    log_level: str = "WARNING"
+    """Ray Train's own log level (INFO shows every report call)."""
 
     def __post_init__(self):
         if self.num_workers < 1:
             raise ValueError(f"`num_workers` must be >= 1, got {self.num_workers}")
         if self.max_failures < -1:
             raise ValueError(f"`max_failures` must be >= -1 (-1 = retry forever), got {self.max_failures}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise ValueError(f"`cpus_per_worker` must be > 0 or None (automatic), got {self.cpus_per_worker}")
         if self.num_to_keep is not None and self.num_to_keep < 1:
             raise ValueError(f"`num_to_keep` must be >= 1 or None, got {self.num_to_keep}")
 
@@ -92,18 +109,22 @@ def fit_clip(train_ds: "ray.data.Dataset", cfg: ClipTrainConfig, opts: RayTrainO
     resolved config, ``history.json``) and the logged history.
     """
     opts = opts or RayTrainOptions()
+    from raylens.runtime import cpus_per_replica
+
+    cpus = opts.cpus_per_worker or cpus_per_replica(opts.num_workers)
     storage = opts.storage_path or str(Path("~/.raylens/runs").expanduser())
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"train": cfg.to_dict(), "shuffle_buffer": opts.shuffle_buffer,
-                           "threads": None if opts.use_gpu else max(1, int(opts.cpus_per_worker))},
+                           "threads": None if opts.use_gpu else max(1, round(cpus))},
         scaling_config=ScalingConfig(num_workers=opts.num_workers, use_gpu=opts.use_gpu,
-                                     resources_per_worker={"CPU": opts.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(
             name=opts.name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=opts.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=opts.num_to_keep),
+            logging_config=LoggingConfig(log_level=opts.log_level),
         ),
         datasets={"train": train_ds},
     )

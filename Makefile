@@ -1,0 +1,17 @@
+# The two commands (see README.md). Each creates or reuses .venv first.
+.PHONY: demo test test-unit bench venv
+
+venv:
+	@./scripts/bootstrap.sh
+
+demo: venv
+	.venv/bin/raylens demo
+
+test: venv
+	.venv/bin/python -m pytest tests
+
+test-unit: venv
+	.venv/bin/python -m pytest tests/unit
+
+bench: venv
+	.venv/bin/raylens bench all --json benchmarks/results/all.json

@@ -1,0 +1,213 @@
+"""Medical pack on a local Ray: the DICOM reader end to end, Ray Train fusion with 2 workers, Serve."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+from raylens_domains.medical import (
+    DeidConfig,
+    DicomIngestConfig,
+    EncoderConfig,
+    FusionTrainConfig,
+    PhantomConfig,
+    VolumeTransformConfig,
+    create_fusion_model,
+    generate_phantoms,
+    save_checkpoint,
+)
+
+pytestmark = pytest.mark.ray
+
+KEY = "ray-test-key-00000000000000000000"
+SMALL = dict(ct_size=16, ct_slices=10, ct_pixel_mm=6.0, ct_slice_mm=8.0, mr_size=16, mr_slices=9, mr_pixel_mm=6.0,
+             mr_slice_mm=9.0)
+TRANSFORM = VolumeTransformConfig(target_spacing=(6.0, 6.0, 6.0), spatial_size=(16, 16, 16))
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray_phantom")
+    ph = generate_phantoms(root / "dicom", PhantomConfig(n_patients=6, seed=4, extras=True, rle_fraction=0.4,
+                                                         multiframe_fraction=0.4, **SMALL))
+    shutil.copy(get_testdata_file("CT_small.dcm"), root / "dicom" / "ct_small.dcm")  # another shape, one slice
+    return ph
+
+
+@pytest.fixture(scope="module")
+def ingest(ray_session, phantom):
+    from raylens_domains.medical.ray_reader import read_dicom
+
+    cfg = DicomIngestConfig(deid=DeidConfig(key=KEY), labels=phantom.labels(), min_slices=1)
+    return read_dicom(phantom.root, cfg, files_per_task=32)
+
+
+def test_reader_gives_one_deidentified_row_per_series_and_a_report(phantom, ingest):
+    ds, report = ingest.dataset, ingest.report
+    assert ds.count() == 2 * len(phantom.patients) + 1 == report.n_ok
+    reasons = sorted(s.reason.split(" (")[0].split(":")[0] for s in report.skipped)
+    assert reasons == ["missing slices", "mixed series", "not a DICOM file", "not a DICOM file"]
+    rows = ds.take_all()
+    assert {r["modality"] for r in rows} == {"CT", "MR"}
+    shapes = {tuple(np.asarray(r["volume"]).shape) for r in rows}
+    assert (1, 128, 128) in shapes and (SMALL["ct_slices"], 16, 16) in shapes  # variable shapes in one dataset
+    labelled = [r for r in rows if r["label"] >= 0]
+    assert len(labelled) == 2 * len(phantom.patients)
+    assert all(str(r["patient_id"]).startswith("PAT-") and str(r["study_uid"]).startswith("2.25.") for r in rows)
+
+
+@pytest.fixture(scope="module")
+def fusion_rows(ray_session, ingest):
+    from raylens_domains.medical.ray_reader import fusion_dataset, pair_dataset
+
+    return fusion_dataset(pair_dataset(ingest.dataset, by="patient"), TRANSFORM).materialize()
+
+
+def test_normalise_pair_and_fusion_inputs_on_ray(ray_session, phantom, ingest, fusion_rows):
+    from raylens_domains.medical.ray_reader import normalize_dataset
+
+    norm = normalize_dataset(ingest.dataset, TRANSFORM).take_all()
+    assert all(np.asarray(r["volume"]).shape == (16, 16, 16) for r in norm)
+    rows = fusion_rows.take_all()
+    assert len(rows) == len(phantom.patients) + 1  # + the lone CT_small patient
+    assert sorted(tuple(np.asarray(r["present"]).tolist()) for r in rows).count((1.0, 1.0)) == len(phantom.patients)
+    assert all(np.asarray(r["mr_aligned"]).shape == np.asarray(r["ct"]).shape == (16, 16, 16) for r in rows)
+
+
+def test_no_phi_in_ray_outputs_parquet_and_logs(ray_session, phantom, ingest, fusion_rows, tmp_path):
+    ingest.dataset.write_parquet(str(tmp_path / "series_parquet"))
+    fusion_rows.write_parquet(str(tmp_path / "fusion_parquet"))
+    ingest.report.save(tmp_path / "report.json")
+    blobs = [(f, f.read_bytes()) for f in tmp_path.rglob("*") if f.is_file()]
+    logs = Path(ray_session._private.worker._global_node.get_session_dir_path()) / "logs"
+    blobs += [(f, f.read_bytes()) for f in logs.rglob("*") if f.is_file() and f.stat().st_size < 50_000_000]
+    assert sum(f.suffix == ".parquet" for f, _ in blobs) >= 2
+    for where, data in blobs:
+        for value in phantom.phi_values():
+            assert value.encode() not in data, f"PHI {value!r} in {where}"
+
+
+@pytest.mark.slow
+def test_ray_train_mid_fusion_with_two_workers(ray_session, fusion_rows, tmp_path):
+    from raylens_domains.medical.ray_train import train_fusion_ray
+
+    fz = fusion_rows.filter(lambda r: r["label"] >= 0).materialize()
+    cfg = FusionTrainConfig(model="mid", epochs=2, batch_size=2, modality_dropout=0.2,
+                            model_kwargs={"encoder": {"widths": [4, 8, 8, 8]}})
+    res = train_fusion_ray(cfg, fz, fz, num_workers=2, storage_path=tmp_path / "runs", name="medical-test")
+    assert res.checkpoint_dir and Path(res.checkpoint_dir, "model.safetensors").is_file()
+    assert "val_auc" in res.metrics and "loss" in res.metrics
+    model = res.load_model()
+    assert model.kind == "mid"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _zip_dir(folders: list[str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i, folder in enumerate(folders):
+            for f in Path(folder).iterdir():
+                zf.write(f, f"s{i}/{f.name}")
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_serve_endpoint_predicts_from_a_zipped_upload(ray_session, phantom, tmp_path):
+    import requests
+    from ray import serve
+
+    from raylens_services.medical import build_app
+
+    model = create_fusion_model("mid", encoder=EncoderConfig(widths=(4, 8, 8, 8)))
+    save_checkpoint(model, tmp_path / "ckpt", extra={"transform": {"target_spacing": [6.0, 6.0, 6.0],
+                                                                     "spatial_size": [16, 16, 16]}})
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = build_app({"checkpoint": str(tmp_path / "ckpt"), "deid_key": KEY,
+                     "limits": {"max_body_bytes": 3_000_000, "max_pixels": 200_000, "max_batch": 2}})
+    serve.run(app, name="medical-test", route_prefix="/medical")
+    url = f"http://127.0.0.1:{port}/medical"
+    try:
+        p = phantom.patients[0]
+        r = requests.post(f"{url}/predict", data=_zip_dir([p.folders["CT"], p.folders["MR"]]),
+                          headers={"content-type": "application/zip"}, timeout=120)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        pred = body["predictions"][0]
+        assert pred["modalities_used"] == ["CT", "MR"] and pred["model"] == "mid"
+        assert 0.0 <= pred["probability"] <= 1.0
+        for value in phantom.phi_values():
+            assert value not in r.text
+        # MR only: still a prediction, from the modality that is there
+        r = requests.post(f"{url}/predict", data=_zip_dir([p.folders["MR"]]), timeout=120)
+        assert r.status_code == 200 and r.json()["predictions"][0]["modalities_used"] == ["MR"]
+        # malformed input: JSON 4xx, never 500
+        bad = {
+            "not a zip": (b"hello", 400),
+            "traversal": (_zip_bytes({"../../x.dcm": b"x"}), 400),
+            "no dicom": (_zip_bytes({"a.txt": b"text"}), 422),
+            "empty": (b"", 400),
+            "too big": (b"0" * 3_000_001, 413),
+            "too many studies": (_zip_dir([q.folders["CT"] for q in phantom.patients[:3]]), 413),
+        }
+        for name, (data, status) in bad.items():
+            r = requests.post(f"{url}/predict", data=data, timeout=120)
+            assert r.status_code == status, (name, r.status_code, r.text)
+            assert r.json()["error"]["status"] == status, name
+        r = requests.post(f"{url}/predict", data=b"x", headers={"content-type": "image/png"}, timeout=60)
+        assert r.status_code == 415
+        r = requests.get(f"{url}/healthz", timeout=60)
+        assert r.status_code == 200 and r.json()["ready"] is True
+        r = requests.get(f"{url}/nope", timeout=60)
+        assert r.status_code == 404 and "error" in r.json()
+    finally:
+        serve.delete("medical-test")
+        serve.shutdown()
+
+
+def _zip_bytes(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for k, v in entries.items():
+            zf.writestr(k, v)
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_serve_api_key_from_env(ray_session, tmp_path):
+    import requests
+    from ray import serve
+
+    from raylens_services.medical import MedicalFusionService
+
+    save_checkpoint(create_fusion_model("late", encoder=EncoderConfig(widths=(4, 8, 8, 8))), tmp_path / "ckpt")
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = MedicalFusionService.options(ray_actor_options={
+        "num_cpus": 0.5, "runtime_env": {"env_vars": {"RAYLENS_API_KEY": "let-me-in"}}}).bind(
+        checkpoint=str(tmp_path / "ckpt"), deid_key=KEY)
+    serve.run(app, name="medical-auth", route_prefix="/m")
+    try:
+        url = f"http://127.0.0.1:{port}/m/healthz"
+        assert requests.get(url, timeout=60).status_code == 401
+        assert requests.get(url, headers={"x-api-key": "nope"}, timeout=60).status_code == 401
+        r = requests.get(url, headers={"x-api-key": "let-me-in"}, timeout=60)
+        assert r.status_code == 200 and r.json()["model"] == "late"
+        r = requests.post(f"http://127.0.0.1:{port}/m/predict", data=b"x", timeout=60)
+        assert r.status_code == 401 and json.loads(r.text)["error"]["code"] == "unauthorized"
+    finally:
+        serve.delete("medical-auth")
+        serve.shutdown()
