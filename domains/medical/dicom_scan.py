@@ -251,13 +251,27 @@ def read_header(
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    if labels is not None and label_key not in LABEL_KEYS:
+        raise ValueError(f"label_key must be one of {LABEL_KEYS}, got {label_key!r}")
     path = str(path)
     try:
         ds = pydicom.dcmread(opener(path) if opener else path, stop_before_pixels=True)
     except InvalidDicomError:
         raise NotDicomError("not a DICOM file (no DICM preamble)") from None
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except Exception as e:  # truncated or corrupt files raise many types inside pydicom
         raise NotDicomError(f"unreadable DICOM header ({type(e).__name__})") from None
+    try:
+        return _headers_of(ds, path, pseudo, labels, label_key)
+    except DicomError:
+        raise
+    except Exception as e:  # malformed values (a bad DS string, a short sequence, ...); the message is
+        # left out because pydicom quotes the offending value, which may be PHI
+        raise DicomError(f"malformed DICOM header ({type(e).__name__})") from None
+
+
+def _headers_of(ds, path: str, pseudo: Pseudonymizer, labels, label_key: str) -> list[SliceHeader]:
+    import pydicom
+
     meta = getattr(ds, "file_meta", None)
     sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
     if sop_class == _DICOMDIR_CLASS:
@@ -271,8 +285,6 @@ def read_header(
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     label = None
     if labels is not None:
-        if label_key not in LABEL_KEYS:
-            raise ValueError(f"label_key must be one of {LABEL_KEYS}, got {label_key!r}")
         raw = str(ds.get(label_key, "") or "")
         label = labels.get(raw)
         label = None if label is None else int(label)

@@ -79,8 +79,13 @@ def load_series_row(headers: list[SliceHeader], config: DicomIngestConfig, *, op
     if len(headers) < config.min_slices:
         raise DicomError(f"only {len(headers)} slice(s); min_slices={config.min_slices}")
     deid = Deidentifier(config.deid) if config.deid.output_dir else None
-    vol = load_series(headers, tolerance=config.tolerance, deidentifier=deid,
-                      deid_output_dir=config.deid.output_dir, max_voxels=config.max_voxels, opener=opener)
+    try:
+        vol = load_series(headers, tolerance=config.tolerance, deidentifier=deid,
+                          deid_output_dir=config.deid.output_dir, max_voxels=config.max_voxels, opener=opener)
+    except DicomError:
+        raise
+    except Exception as e:  # one odd series must not stop the job; the message may quote values, so drop it
+        raise DicomError(f"unexpected error while building the volume ({type(e).__name__})") from None
     return vol.to_row()
 
 

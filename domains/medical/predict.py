@@ -128,17 +128,17 @@ class FusionPredictor:
     def read_upload(self, members: Mapping[str, bytes]) -> PreparedUpload:
         """Read the headers of in-memory files (``{name: bytes}``), pseudonymising ids; no pixels yet."""
         cfg = self._config()
+        # the uploaded names never travel further (a folder may be named after the patient)
+        aliased = {f"member-{i:05d}": members[n] for i, n in enumerate(sorted(members))}
 
         def opener(name: str):
-            return io.BytesIO(members[name])
+            return io.BytesIO(aliased[name])
 
-        names = sorted(members)
-        headers, skipped = read_headers(names, cfg.deid.pseudonymizer(), opener=opener)
+        headers, skipped = read_headers(sorted(aliased), cfg.deid.pseudonymizer(), opener=opener)
         groups = group_series(headers)
         n_voxels = sum(h.rows * h.cols for h in headers)
-        index = {n: i for i, n in enumerate(names)}
-        return PreparedUpload(groups=groups, skipped=[{"member": index[p], "reason": r} for p, r in skipped],
-                              n_voxels=int(n_voxels), members=members)
+        return PreparedUpload(groups=groups, skipped=[{"member": int(p.split("-")[1]), "reason": r} for p, r in skipped],
+                              n_voxels=int(n_voxels), members=aliased)
 
     def predict_upload(self, upload: PreparedUpload) -> tuple[list[FusionPrediction], list[dict[str, Any]]]:
         """Decode the series of a :class:`PreparedUpload` and predict. Returns ``(predictions, skipped)``."""

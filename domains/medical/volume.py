@@ -193,7 +193,7 @@ def _read_pixels(path: str, transfer_syntax: str, deidentifier=None, deid_root: 
     except MissingDecoderError:
         raise
     except Exception as e:  # pydicom raises many types for corrupt pixel data
-        raise DicomError(f"cannot decode pixel data of {Path(path).name} ({type(e).__name__}: {e})") from None
+        raise DicomError(f"cannot decode pixel data of {Path(path).name} ({type(e).__name__}: {str(e)[:160]})") from None
     lut = None
     if "ModalityLUTSequence" in ds and "RescaleSlope" not in ds:
         from pydicom.pixels import apply_modality_lut

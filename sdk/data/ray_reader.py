@@ -54,6 +54,16 @@ def _decode_udf(batch: dict[str, np.ndarray], *, preprocess: ClipPreprocess, bas
     return out
 
 
+def _blocks_for(path: Path, batch_size: int) -> int:
+    """About one read block per ``batch_size`` rows (from the file size and its first lines), so
+    decoded tensors stream downstream batch by batch instead of piling up in one huge block."""
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    lines = max(1, head.count(b"\n"))
+    rows = path.stat().st_size / (len(head) / lines)
+    return int(min(4096, max(1, rows // batch_size + 1)))
+
+
 @dataclass
 class CaptionedImages:
     """A lazy Ray dataset of preprocessed captioned images, and the reporter of its skipped rows."""
@@ -91,6 +101,7 @@ def read_captioned_images(
     """
     path = Path(captions).resolve()
     columns = caption_columns(path)
+    override_num_blocks = override_num_blocks or _blocks_for(path, batch_size)
     if split is not None and "split" not in columns:
         raise ValueError(f"split={split!r} was asked for but {str(path)!r} has no 'split' column")
     if path.suffix.lower() == ".csv":

@@ -64,7 +64,8 @@ class AddShard:
     """``map_batches`` UDF: adds one shard of vectors to a copy of the trained index.
 
     Returns one row per batch: the serialized shard index, its metadata (Arrow IPC bytes), its
-    row count, and the exact top-k (scores, local ids) of the tuning queries against this shard.
+    row count, and (npz bytes) its ids and the exact top-k scores/ids of the tuning queries
+    against this shard.
     """
 
     def __init__(self, trained: bytes, vector_column: str, id_column: str | None, normalize: bool,
@@ -82,20 +83,28 @@ class AddShard:
         index.add_with_ids(x, ids)
         meta = {k: v for k, v in batch.items() if k not in (self.vector_column, self.id_column)}
         table = pa.table({k: list(v) if isinstance(v, np.ndarray) and v.ndim > 1 else v for k, v in meta.items()}) if meta else pa.table({})
+        arrays = {"ids": ids}
         if self.queries is not None:
             kk = min(self.k, n)
             gd, gi = faiss.knn(self.queries, x, kk, metric=fu.metric_type(self.metric))
-            gi = np.where(gi >= 0, ids[np.maximum(gi, 0)], -1)
-        else:
-            gd = gi = np.zeros((0, 0))
+            arrays.update(gt_scores=gd, gt_ids=np.where(gi >= 0, ids[np.maximum(gi, 0)], -1))
         return {
             "shard": np.array([faiss.serialize_index(index).tobytes()], dtype=object),
             "meta": np.array([_table_bytes(table)], dtype=object),
-            "ids": np.array([ids], dtype=object),
+            "arrays": np.array([_npz_bytes(arrays)], dtype=object),
             "n": np.array([n]),
-            "gt_scores": np.array([gd], dtype=object),
-            "gt_ids": np.array([gi], dtype=object),
         }
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _npz_load(b: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(b), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def _sample(ds: "ray.data.Dataset", n: int, m: int, column: str, normalize: bool, seed: int) -> np.ndarray:
@@ -137,7 +146,7 @@ def build_index_from_dataset(
     n = ds.count()
     if n == 0:
         raise ValueError("the dataset is empty; there is nothing to index")
-    first = next(ds.select_columns([vector_column]).iter_batches(batch_size=1, batch_format="numpy"))
+    first = next(iter(ds.select_columns([vector_column]).iter_batches(batch_size=1, batch_format="numpy")))
     dim = _batch_vectors(first, vector_column, None, False).shape[1]
 
     if opts.index_factory:
@@ -179,11 +188,12 @@ def build_index_from_dataset(
         shard = faiss.deserialize_index(np.frombuffer(row["shard"], dtype=np.uint8))
         add_id = 0 if id_column else offset
         index.merge_from(shard, add_id)
-        ids = np.asarray(row["ids"], np.int64) + add_id
+        arrays = _npz_load(row["arrays"])
+        ids = arrays["ids"] + add_id
         tables.append(_table_from_bytes(row["meta"]))
         id_parts.append(ids)
         if tq is not None:
-            gt.append((np.asarray(row["gt_scores"]), np.asarray(row["gt_ids"], np.int64) + add_id))
+            gt.append((arrays["gt_scores"], np.where(arrays["gt_ids"] >= 0, arrays["gt_ids"] + add_id, -1)))
         offset += int(row["n"])
     figures.update(add_s=round(time.perf_counter() - t, 3), shards=len(tables), workers=workers)
     all_ids = np.concatenate(id_parts)

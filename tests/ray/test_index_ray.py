@@ -20,7 +20,7 @@ def _dataset(ray, n, *, with_ids=False, seed=0):
     if with_ids:
         for i, r in enumerate(rows):
             r["item_id"] = 1_000 + 3 * i
-    return ray.data.from_items(rows), x, labels
+    return ray.data.from_items(rows, override_num_blocks=4), x, labels
 
 
 def test_sharded_ivf_build_merges_every_shard(ray_session, tmp_path):
@@ -60,7 +60,7 @@ def test_id_column_and_pq_factory(ray_session):
                                    shard_rows=1000, num_workers=2, tune=False, threads=1)
     assert sorted(idx.ids.tolist()) == [1_000 + 3 * i for i in range(3000)]
     assert "item_id" not in idx.columns
-    assert idx.search(x[10], k=5)[0][0].path == "10.png"
+    assert "10.png" in [h.path for h in idx.search(x[10], k=10, params={"nprobe": 16})[0]]
 
 
 def test_small_flat_build_gathers_on_the_driver(ray_session):
@@ -77,7 +77,7 @@ def test_bad_vectors_fail_clearly(ray_session):
 
     x, _ = clustered_vectors(2000, D, n_clusters=10, latent_dim=4)
     x[1500, 0] = np.nan
-    ds = ray_session.data.from_items([{"embedding": v} for v in x])
+    ds = ray_session.data.from_items([{"embedding": v} for v in x], override_num_blocks=4)
     with pytest.raises(Exception, match="NaN"):
         build_index_from_dataset(ds, model="m", index_factory="IVF8,Flat", shard_rows=500, num_workers=1, tune=False)
     with pytest.raises(ValueError, match="vector_column"):

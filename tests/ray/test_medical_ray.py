@@ -74,8 +74,8 @@ def fusion_rows(ray_session, ingest):
 def test_normalise_pair_and_fusion_inputs_on_ray(ray_session, phantom, ingest, fusion_rows):
     from raylens_domains.medical.ray_reader import normalize_dataset
 
-    norm = normalize_dataset(ingest.dataset, TRANSFORM).take_all()
-    assert all(np.asarray(r["volume"]).shape == (16, 16, 16) for r in norm)
+    norm = normalize_dataset(ingest.dataset.limit(3), TRANSFORM).take_all()
+    assert len(norm) == 3 and all(np.asarray(r["volume"]).shape == (16, 16, 16) for r in norm)
     rows = fusion_rows.take_all()
     assert len(rows) == len(phantom.patients) + 1  # + the lone CT_small patient
     assert sorted(tuple(np.asarray(r["present"]).tolist()) for r in rows).count((1.0, 1.0)) == len(phantom.patients)
@@ -124,60 +124,6 @@ def _zip_dir(folders: list[str]) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.slow
-def test_serve_endpoint_predicts_from_a_zipped_upload(ray_session, phantom, tmp_path):
-    import requests
-    from ray import serve
-
-    from raylens_services.medical import build_app
-
-    model = create_fusion_model("mid", encoder=EncoderConfig(widths=(4, 8, 8, 8)))
-    save_checkpoint(model, tmp_path / "ckpt", extra={"transform": {"target_spacing": [6.0, 6.0, 6.0],
-                                                                     "spatial_size": [16, 16, 16]}})
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app({"checkpoint": str(tmp_path / "ckpt"), "deid_key": KEY,
-                     "limits": {"max_body_bytes": 3_000_000, "max_pixels": 200_000, "max_batch": 2}})
-    serve.run(app, name="medical-test", route_prefix="/medical")
-    url = f"http://127.0.0.1:{port}/medical"
-    try:
-        p = phantom.patients[0]
-        r = requests.post(f"{url}/predict", data=_zip_dir([p.folders["CT"], p.folders["MR"]]),
-                          headers={"content-type": "application/zip"}, timeout=120)
-        assert r.status_code == 200, r.text
-        body = r.json()
-        pred = body["predictions"][0]
-        assert pred["modalities_used"] == ["CT", "MR"] and pred["model"] == "mid"
-        assert 0.0 <= pred["probability"] <= 1.0
-        for value in phantom.phi_values():
-            assert value not in r.text
-        # MR only: still a prediction, from the modality that is there
-        r = requests.post(f"{url}/predict", data=_zip_dir([p.folders["MR"]]), timeout=120)
-        assert r.status_code == 200 and r.json()["predictions"][0]["modalities_used"] == ["MR"]
-        # malformed input: JSON 4xx, never 500
-        bad = {
-            "not a zip": (b"hello", 400),
-            "traversal": (_zip_bytes({"../../x.dcm": b"x"}), 400),
-            "no dicom": (_zip_bytes({"a.txt": b"text"}), 422),
-            "empty": (b"", 400),
-            "too big": (b"0" * 3_000_001, 413),
-            "too many studies": (_zip_dir([q.folders["CT"] for q in phantom.patients[:3]]), 413),
-        }
-        for name, (data, status) in bad.items():
-            r = requests.post(f"{url}/predict", data=data, timeout=120)
-            assert r.status_code == status, (name, r.status_code, r.text)
-            assert r.json()["error"]["status"] == status, name
-        r = requests.post(f"{url}/predict", data=b"x", headers={"content-type": "image/png"}, timeout=60)
-        assert r.status_code == 415
-        r = requests.get(f"{url}/healthz", timeout=60)
-        assert r.status_code == 200 and r.json()["ready"] is True
-        r = requests.get(f"{url}/nope", timeout=60)
-        assert r.status_code == 404 and "error" in r.json()
-    finally:
-        serve.delete("medical-test")
-        serve.shutdown()
-
-
 def _zip_bytes(entries: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -187,27 +133,65 @@ def _zip_bytes(entries: dict[str, bytes]) -> bytes:
 
 
 @pytest.mark.slow
-def test_serve_api_key_from_env(ray_session, tmp_path):
+def test_serve_endpoint_predicts_from_a_zipped_upload(ray_session, phantom, tmp_path):
+    """A real HTTP request on 127.0.0.1: prediction + modalities used, limits, JSON errors, API key."""
     import requests
     from ray import serve
 
     from raylens_services.medical import MedicalFusionService
 
-    save_checkpoint(create_fusion_model("late", encoder=EncoderConfig(widths=(4, 8, 8, 8))), tmp_path / "ckpt")
+    model = create_fusion_model("mid", encoder=EncoderConfig(widths=(4, 8, 8, 8)))
+    save_checkpoint(model, tmp_path / "ckpt", extra={"transform": {"target_spacing": [6.0, 6.0, 6.0],
+                                                                     "spatial_size": [16, 16, 16]}})
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = MedicalFusionService.options(ray_actor_options={
         "num_cpus": 0.5, "runtime_env": {"env_vars": {"RAYLENS_API_KEY": "let-me-in"}}}).bind(
-        checkpoint=str(tmp_path / "ckpt"), deid_key=KEY)
-    serve.run(app, name="medical-auth", route_prefix="/m")
+        checkpoint=str(tmp_path / "ckpt"), deid_key=KEY,
+        limits={"max_body_bytes": 3_000_000, "max_pixels": 200_000, "max_batch": 2})
+    serve.run(app, name="medical-test", route_prefix="/medical")
+    url = f"http://127.0.0.1:{port}/medical"
+    auth = {"x-api-key": "let-me-in"}
     try:
-        url = f"http://127.0.0.1:{port}/m/healthz"
-        assert requests.get(url, timeout=60).status_code == 401
-        assert requests.get(url, headers={"x-api-key": "nope"}, timeout=60).status_code == 401
-        r = requests.get(url, headers={"x-api-key": "let-me-in"}, timeout=60)
-        assert r.status_code == 200 and r.json()["model"] == "late"
-        r = requests.post(f"http://127.0.0.1:{port}/m/predict", data=b"x", timeout=60)
+        # the API key from the replica's environment
+        assert requests.get(f"{url}/healthz", timeout=60).status_code == 401
+        assert requests.get(f"{url}/healthz", headers={"x-api-key": "nope"}, timeout=60).status_code == 401
+        r = requests.post(f"{url}/predict", data=b"x", timeout=60)
         assert r.status_code == 401 and json.loads(r.text)["error"]["code"] == "unauthorized"
+        r = requests.get(f"{url}/healthz", headers={"authorization": "Bearer let-me-in"}, timeout=60)
+        assert r.status_code == 200 and r.json() == {"ready": True, "model": "mid", "problem": None}
+
+        p = phantom.patients[0]
+        r = requests.post(f"{url}/predict", data=_zip_dir([p.folders["CT"], p.folders["MR"]]),
+                          headers={"content-type": "application/zip", **auth}, timeout=120)
+        assert r.status_code == 200, r.text
+        pred = r.json()["predictions"][0]
+        assert pred["modalities_used"] == ["CT", "MR"] and pred["model"] == "mid"
+        assert 0.0 <= pred["probability"] <= 1.0 and pred["label"] in (0, 1)
+        assert pred["patient_id"].startswith("PAT-")
+        for value in phantom.phi_values():
+            assert value not in r.text
+        # MR only: still a prediction, from the modality that is there
+        r = requests.post(f"{url}/predict", data=_zip_dir([p.folders["MR"]]), headers=auth, timeout=120)
+        assert r.status_code == 200 and r.json()["predictions"][0]["modalities_used"] == ["MR"]
+        # malformed input: a JSON 4xx, never a 500
+        bad = {
+            "not a zip": (b"hello", 400),
+            "traversal": (_zip_bytes({"../../x.dcm": b"x"}), 400),
+            "no dicom": (_zip_bytes({"a.txt": b"text"}), 422),
+            "truncated dicom": (_zip_bytes({"a.dcm": (Path(p.folders["CT"]).iterdir().__next__()).read_bytes()[:400]}), 422),
+            "empty": (b"", 400),
+            "too big": (b"0" * 3_000_001, 413),
+            "too many studies": (_zip_dir([q.folders["CT"] for q in phantom.patients[:3]]), 413),
+        }
+        for name, (data, status) in bad.items():
+            r = requests.post(f"{url}/predict", data=data, headers=auth, timeout=120)
+            assert r.status_code == status, (name, r.status_code, r.text)
+            assert r.json()["error"]["status"] == status, name
+        r = requests.post(f"{url}/predict", data=b"x", headers={"content-type": "image/png", **auth}, timeout=60)
+        assert r.status_code == 415
+        r = requests.get(f"{url}/nope", headers=auth, timeout=60)
+        assert r.status_code == 404 and "error" in r.json()
     finally:
-        serve.delete("medical-auth")
+        serve.delete("medical-test")
         serve.shutdown()
