@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="a small smoke run (numbers are not meaningful)")
     ap.add_argument("--ray-train", action="store_true", help="train with Ray Train (TorchTrainer, 2 workers)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for local training (1 is fastest for these small nets on a busy machine)")
     args = ap.parse_args(argv)
     if args.quick:
         args.patients, args.epochs = 24, 2
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     # 1. phantoms: real DICOM files on disk
     t0 = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["init_ray", "pick_device", "cpus_per_replica"]
+__all__ = ["init_ray", "pick_device", "cpus_per_replica", "quiet_logs"]
 
 
 def pick_device() -> str:
@@ -30,6 +30,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs = dict(
         ignore_reinit_error=True,
+        # worker processes (Ray Data's split coordinator, actors) log at WARNING, not INFO
+        logging_config=ray.LoggingConfig(log_level="WARNING") if quiet else None,
         logging_level=logging.WARNING if quiet else logging.INFO,
         log_to_driver=True,
     )
@@ -42,6 +44,22 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
     return ctx
 
 
+def quiet_logs() -> None:
+    """Keep INFO chatter out of the console, in the driver and in Ray workers: open_clip's tokenizer
+    notes, Ray Train's per-report lines, Ray Data's 'progress bars disabled' notice."""
+    import warnings
+
+    logging.getLogger().setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*all_gather is deprecated", category=FutureWarning)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    try:
+        from ray.train.v2._internal.execution import context as _train_ctx
+
+        logging.getLogger(_train_ctx.__file__).setLevel(logging.WARNING)  # Ray names this logger by file
+    except ImportError:  # pragma: no cover - other Ray versions
+        pass
+
+
 def _quiet_progress(quiet: bool) -> None:
     """Ray Data's per-operator bars flood logs and non-terminals; raylens shows its own progress."""
     import sys
@@ -52,6 +70,8 @@ def _quiet_progress(quiet: bool) -> None:
     if quiet or not sys.stderr.isatty():
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+    if quiet:
+        quiet_logs()
 
 
 def cpus_per_replica(replicas: int, *, reserve_for_data: float = 1.0) -> float:

@@ -20,6 +20,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write_history_csv(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,12 +56,7 @@ def plot_training_curve(history: Sequence[dict[str, Any]], path: str | Path, *, 
         ax2.plot(steps, [h["lr"] for h in history], color="tab:orange", lw=1, ls="--", label="learning rate")
         ax2.set_ylabel("learning rate", color="tab:orange")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _load_thumb(path: str | None) -> np.ndarray | None:
@@ -96,9 +100,4 @@ def plot_search_grid(queries: Sequence[str], results: Sequence[Sequence[Any]], p
                 for s in ax.spines.values():
                     s.set_edgecolor(colour)
                     s.set_linewidth(3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -8,7 +8,8 @@ Flow: :func:`generate_phantoms` (or your folders) -> :func:`ingest_series` / ``r
 (headers first, grouped by SeriesInstanceUID, sorted along the slice normal, modality LUT, affine,
 PS3.15 de-identification) -> :func:`pair_rows` (CT + MR of a study, MR resampled onto the CT grid)
 -> :func:`fusion_inputs` (MONAI: RAS, spacing, CT window / MR z-score, fixed shape) ->
-:func:`train_fusion` (early / mid / late fusion) -> :class:`FusionPredictor`.
+:func:`train_fusion` (early / mid / late fusion) -> :class:`FusionPredictor` and
+:func:`build_case_index` (similar-case retrieval over the model's case embeddings).
 """
 
 from .deid import BASIC_PROFILE as BASIC_PROFILE
@@ -47,6 +48,9 @@ from .phantom import PhantomConfig as PhantomConfig
 from .phantom import generate_phantoms as generate_phantoms
 from .predict import FusionPrediction as FusionPrediction
 from .predict import FusionPredictor as FusionPredictor
+from .retrieval import build_case_index as build_case_index
+from .retrieval import embed_arrays as embed_arrays
+from .retrieval import similar_cases as similar_cases
 from .train import FusionTrainConfig as FusionTrainConfig
 from .train import FusionTrainResult as FusionTrainResult
 from .train import evaluate as evaluate
@@ -72,6 +76,7 @@ __all__ = [
     "pair_rows",
     "PhantomConfig", "generate_phantoms",
     "FusionPrediction", "FusionPredictor",
+    "build_case_index", "embed_arrays", "similar_cases",
     "FusionTrainConfig", "FusionTrainResult", "evaluate", "load_checkpoint", "save_checkpoint", "train_fusion",
     "VolumeTransformConfig", "fusion_inputs", "normalize_volume",
     "SeriesVolume", "load_series",

@@ -275,13 +275,13 @@ def _headers_of(ds, path: str, pseudo: Pseudonymizer, labels, label_key: str) ->
     meta = getattr(ds, "file_meta", None)
     sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
     if sop_class == _DICOMDIR_CLASS:
-        raise NotDicomError("a DICOMDIR (an index, not an image); pass it explicitly to read its files")
+        raise NotDicomError("not an image (a DICOMDIR index; pass it explicitly to read its files)")
     if "Rows" not in ds or "Columns" not in ds:
         name = pydicom.uid.UID(sop_class).name if sop_class else "unknown SOP class"
-        raise NotDicomError(f"no image in this DICOM object ({name})")
+        raise NotDicomError(f"not an image ({name})")
     series = str(ds.get("SeriesInstanceUID", "") or "")
     if not series:
-        raise DicomError("DICOM image without SeriesInstanceUID")
+        raise DicomError("malformed DICOM header (no SeriesInstanceUID)")
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     label = None
     if labels is not None:

@@ -95,12 +95,12 @@ def slice_normal(orientation) -> np.ndarray:
     """Unit normal of the slice plane from the six ImageOrientationPatient numbers."""
     iop = np.asarray(orientation, dtype=np.float64).reshape(-1)
     if iop.shape != (6,) or not np.all(np.isfinite(iop)):
-        raise SeriesGeometryError(f"ImageOrientationPatient needs 6 finite numbers, got {iop.tolist()}")
+        raise SeriesGeometryError(f"no geometry (ImageOrientationPatient needs 6 finite numbers, got {iop.tolist()})")
     row, col = iop[:3], iop[3:]
     n = np.cross(row, col)
     norm = np.linalg.norm(n)
     if norm < 1e-6:
-        raise SeriesGeometryError(f"ImageOrientationPatient cosines are parallel: {iop.tolist()}")
+        raise SeriesGeometryError(f"no geometry (ImageOrientationPatient cosines are parallel: {iop.tolist()})")
     return n / norm
 
 
@@ -125,7 +125,7 @@ def sort_slices(
     """
     pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     if not np.all(np.isfinite(pos)):
-        raise SeriesGeometryError("ImagePositionPatient has non-finite values")
+        raise SeriesGeometryError("no geometry (ImagePositionPatient has non-finite values)")
     normal = slice_normal(orientation)
     proj = pos @ normal
     order = np.argsort(proj, kind="stable")
@@ -134,15 +134,15 @@ def sort_slices(
     if len(pos) == 1:
         spacing = float(fallback_spacing) if fallback_spacing and fallback_spacing > 0 else 1.0
         if not fallback_spacing:
-            warnings.append("single slice without SliceThickness: slice spacing set to 1 mm")
+            warnings.append("single slice (no SliceThickness: slice spacing set to 1 mm)")
         return SliceOrder(order, offsets, normal, spacing, tuple(warnings))
 
     steps = np.diff(offsets)
     n_dup = int(np.sum(steps < tolerance.duplicate_atol_mm))
     if n_dup:
         raise MixedSeriesError(
-            f"mixed series: {n_dup + 1} slices share a position along the normal "
-            "(several echoes, phases or acquisitions under one SeriesInstanceUID)"
+            f"mixed series ({n_dup + 1} slices share a position along the normal: several echoes, "
+            "phases or acquisitions under one SeriesInstanceUID)"
         )
     spacing = float(np.median(steps))
     n_missing = 0
@@ -151,7 +151,7 @@ def sort_slices(
         n_missing = int(sum(round(s / spacing) - 1 for s in steps[gaps]))
         where = ", ".join(f"{s:.3g} mm after slice {i}" for i, s in zip(np.flatnonzero(gaps), steps[gaps]))
         msg = (
-            f"missing slices: {int(gaps.sum())} gap(s) in the slice positions ({where}; "
+            f"missing slices ({int(gaps.sum())} gap(s) in the slice positions: {where}; "
             f"median spacing {spacing:.3g} mm, about {n_missing} slice(s) missing)"
         )
         if not tolerance.allow_gaps:
@@ -161,15 +161,15 @@ def sort_slices(
     dev = np.abs(regular - spacing) / spacing
     if dev.size and dev.max() > tolerance.uneven_rtol:
         warnings.append(
-            f"uneven slice spacing: steps from {regular.min():.4g} to {regular.max():.4g} mm "
-            f"(median {spacing:.4g} mm); the volume assumes the median"
+            f"uneven slice spacing (steps from {regular.min():.4g} to {regular.max():.4g} mm, "
+            f"median {spacing:.4g} mm; the volume assumes the median)"
         )
     # Slices should stack along the normal. A sideways drift means gantry tilt or a sheared stack.
     drift = (pos[order[-1]] - pos[order[0]]) - (offsets[-1] - offsets[0]) * normal
     if np.linalg.norm(drift) > 0.1 * spacing * (len(pos) - 1) + 1e-3:
         warnings.append(
-            f"slice positions drift {np.linalg.norm(drift):.3g} mm sideways from the normal "
-            "(gantry tilt or shear); the volume assumes an orthogonal stack"
+            f"gantry tilt or shear (slice positions drift {np.linalg.norm(drift):.3g} mm sideways from "
+            "the normal; the volume assumes an orthogonal stack)"
         )
     return SliceOrder(order, offsets, normal, spacing, tuple(warnings), n_missing)
 

@@ -75,9 +75,9 @@ def load_series_row(headers: list[SliceHeader], config: DicomIngestConfig, *, op
     """One series' row, or raise :class:`DicomError` with the reason it is skipped."""
     mod = headers[0].modality.upper()
     if config.modalities and mod not in config.modalities:
-        raise DicomError(f"modality {mod} not ingested (modalities={list(config.modalities)})")
+        raise DicomError(f"modality not ingested ({mod}; modalities={list(config.modalities)})")
     if len(headers) < config.min_slices:
-        raise DicomError(f"only {len(headers)} slice(s); min_slices={config.min_slices}")
+        raise DicomError(f"too few slices ({len(headers)}; min_slices={config.min_slices})")
     deid = Deidentifier(config.deid) if config.deid.output_dir else None
     try:
         vol = load_series(headers, tolerance=config.tolerance, deidentifier=deid,

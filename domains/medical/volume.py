@@ -145,15 +145,15 @@ def check_decoder(transfer_syntax: str) -> None:
         decoder = get_decoder(uid)
     except NotImplementedError:
         raise MissingDecoderError(
-            f"no decoder for transfer syntax {name} ({transfer_syntax}): pydicom has none for it; "
-            "convert the series to an uncompressed or JPEG/JPEG 2000 syntax first"
+            f"missing decoder (no decoder exists in pydicom for {name}, {transfer_syntax}; "
+            "convert the series to an uncompressed or JPEG/JPEG 2000 syntax first)"
         ) from None
     if not decoder.is_available:
         pkgs = DECODER_PACKAGES.get(str(uid), "a pydicom pixel-data plugin")
         missing = "; ".join(decoder.missing_dependencies)
         raise MissingDecoderError(
-            f"missing decoder for {name} ({transfer_syntax}): pip install {pkgs}"
-            + (f" [pydicom plugins: {missing}]" if missing else "")
+            f"missing decoder ({name}, {transfer_syntax}: pip install {pkgs}"
+            + (f"; pydicom plugins: {missing}" if missing else "") + ")"
         )
 
 
@@ -165,22 +165,22 @@ def _check_consistent(headers: Sequence[SliceHeader], tol: GeometryTolerance) ->
                        ("frame_of_reference_uid", "frames of reference"), ("study_uid", "studies")):
         vals = distinct(attr)
         if len(vals) > 1:
-            raise MixedSeriesError(f"mixed series: {len(vals)} {what} under one SeriesInstanceUID")
+            raise MixedSeriesError(f"mixed series ({len(vals)} {what} under one SeriesInstanceUID)")
     sizes = {(h.rows, h.cols) for h in headers}
     if len(sizes) > 1:
-        raise MixedSeriesError(f"mixed series: slice sizes {sorted(sizes)} under one SeriesInstanceUID")
+        raise MixedSeriesError(f"mixed series (slice sizes {sorted(sizes)} under one SeriesInstanceUID)")
     if headers[0].samples_per_pixel != 1:
-        raise DicomError(f"colour images ({headers[0].samples_per_pixel} samples per pixel) are not a CT/MR volume")
+        raise DicomError(f"not a grey-scale volume ({headers[0].samples_per_pixel} samples per pixel: colour images)")
     if any(h.orientation is None for h in headers) or any(h.position is None for h in headers):
-        raise SeriesGeometryError("no ImagePositionPatient/ImageOrientationPatient: the slices cannot be placed")
+        raise SeriesGeometryError("no geometry (no ImagePositionPatient/ImageOrientationPatient: the slices cannot be placed)")
     if any(h.pixel_spacing is None for h in headers):
-        raise SeriesGeometryError("no PixelSpacing: the voxel size is unknown")
+        raise SeriesGeometryError("no geometry (no PixelSpacing: the voxel size is unknown)")
     o = np.asarray([h.orientation for h in headers])
     if np.abs(o - o[0]).max() > tol.orientation_atol:
-        raise MixedSeriesError("mixed series: slices with different ImageOrientationPatient")
+        raise MixedSeriesError("mixed series (slices with different ImageOrientationPatient)")
     ps = np.asarray([h.pixel_spacing for h in headers])
     if np.abs(ps - ps[0]).max() > 1e-3 * max(ps[0].max(), 1e-6):
-        raise MixedSeriesError("mixed series: slices with different PixelSpacing")
+        raise MixedSeriesError("mixed series (slices with different PixelSpacing)")
 
 
 def _read_pixels(path: str, transfer_syntax: str, deidentifier=None, deid_root: str | None = None, opener=None):
@@ -193,7 +193,7 @@ def _read_pixels(path: str, transfer_syntax: str, deidentifier=None, deid_root: 
     except MissingDecoderError:
         raise
     except Exception as e:  # pydicom raises many types for corrupt pixel data
-        raise DicomError(f"cannot decode pixel data of {Path(path).name} ({type(e).__name__}: {str(e)[:160]})") from None
+        raise DicomError(f"undecodable pixel data ({Path(path).name}: {type(e).__name__}: {str(e)[:160]})") from None
     lut = None
     if "ModalityLUTSequence" in ds and "RescaleSlope" not in ds:
         from pydicom.pixels import apply_modality_lut
@@ -243,7 +243,7 @@ def load_series(
     h0 = headers[0]
     n_voxels = len(headers) * h0.rows * h0.cols
     if n_voxels > max_voxels:
-        raise DicomError(f"series too large: {n_voxels} voxels is over max_voxels={max_voxels}")
+        raise DicomError(f"series too large ({n_voxels} voxels is over max_voxels={max_voxels})")
     order = sort_slices([h.position for h in headers], h0.orientation, tolerance=tolerance,
                         fallback_spacing=h0.slice_thickness)
     ordered = [headers[i] for i in order.order]
@@ -262,7 +262,7 @@ def load_series(
             h = ordered[k]
             plane = arr if h.frame < 0 else arr[h.frame]
             if plane.shape != (h0.rows, h0.cols):
-                raise DicomError(f"pixel data of {Path(path).name} has shape {plane.shape}, header says {(h0.rows, h0.cols)}")
+                raise DicomError(f"undecodable pixel data ({Path(path).name} has shape {plane.shape}, header says {(h0.rows, h0.cols)})")
             volume[k] = lut(plane) if lut is not None else apply_rescale(plane, h.rescale_slope, h.rescale_intercept)
 
     row_cos = np.asarray(h0.orientation[:3], dtype=np.float64)
@@ -274,7 +274,7 @@ def load_series(
     origin = np.asarray(ordered[0].position, dtype=np.float64)
     labels = {h.label for h in headers if h.label is not None}
     if len(labels) > 1:
-        raise MixedSeriesError("mixed series: slices carry different labels")
+        raise MixedSeriesError("mixed series (slices carry different labels)")
     return SeriesVolume(
         volume=volume,
         spacing=spacing,

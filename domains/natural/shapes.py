@@ -2,7 +2,9 @@
 
 Each image shows one shape (circle, square, triangle, star, cross) in one colour, small or large, at
 a random place on a grey, white, black or striped background, with a caption such as
-"a small red circle on a grey background". Images are written as PNG files plus a captions file
+"a small red circle on a grey background". Held-out captions are always that full form; 60% of the
+training captions leave out the size and/or background ("a red circle on a grey background",
+"a red circle"), so the model also learns the short queries people type. Images are written as PNG files plus a captions file
 (CSV or JSONL), so that the real reader path is exercised.
 
 >>> import tempfile
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES", "COLOURS", "SIZES", "BACKGROUNDS", "ShapesDataset", "generate_shapes", "render_shape"]
+__all__ = ["SHAPES", "COLOURS", "SIZES", "BACKGROUNDS", "ShapesDataset", "caption_for", "generate_shapes", "render_shape"]
 
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 COLOURS = {
@@ -33,7 +35,7 @@ COLOURS = {
     "purple": (140, 40, 180),
     "orange": (250, 130, 10),
 }
-SIZES = {"small": (0.22, 0.32), "large": (0.42, 0.55)}  # fraction of the image side
+SIZES = {"small": (0.3, 0.4), "large": (0.5, 0.65)}  # fraction of the image side
 BACKGROUNDS = {"grey": (128, 128, 128), "white": (245, 245, 245), "black": (15, 15, 15), "striped": None}
 _SUPERSAMPLE = 4
 FIELDS = ("path", "caption", "split", "shape", "colour", "size", "background")
@@ -126,8 +128,18 @@ def _sample(index: int, seed: int, split: str, image_size: int) -> tuple[np.ndar
         "background": list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))],
     }
     image = render_shape(**attrs, rng=rng, image_size=image_size)
-    caption = f"a {attrs['size']} {attrs['colour']} {attrs['shape']} on a {attrs['background']} background"
-    return image, {"caption": caption, "split": split, **attrs}
+    full = split != "train" or rng.random() < 0.4
+    return image, {"caption": caption_for(attrs, full=full, rng=rng), "split": split, **attrs}
+
+
+def caption_for(attrs: dict[str, str], *, full: bool = True, rng: np.random.Generator | None = None) -> str:
+    """"a small red circle on a grey background", or (``full=False``) a shorter form that leaves out
+    the size and/or background, as people write captions of varying detail."""
+    size, bg = f"{attrs['size']} ", f" on a {attrs['background']} background"
+    if not full:
+        form = int(rng.integers(3)) if rng is not None else 2
+        size, bg = (size, "") if form == 0 else ("", bg) if form == 1 else ("", "")
+    return f"a {size}{attrs['colour']} {attrs['shape']}{bg}"
 
 
 def generate_shapes(

@@ -18,8 +18,9 @@ class EmbedImages:
 
         if threads:
             torch.set_num_threads(threads)
-        from raylens.runtime import pick_device
+        from raylens.runtime import pick_device, quiet_logs
 
+        quiet_logs()
         self.model = create_model(model, pretrained=checkpoint).to(pick_device())
         self.drop_image = drop_image
 

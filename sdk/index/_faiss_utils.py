@@ -235,6 +235,16 @@ def to_gpu(index: faiss.Index) -> faiss.Index | None:  # pragma: no cover - need
         return None
 
 
+def gpu_search(gpu_index: faiss.Index, x: np.ndarray, k: int, params: dict[str, Any]):  # pragma: no cover
+    """Search a GPU clone: GPU indices take ``nprobe`` as an attribute (no per-call parameter objects)."""
+    space = faiss.GpuParameterSpace()
+    space.initialize(gpu_index)
+    for name, value in params.items():
+        if name == "nprobe":
+            space.set_index_parameter(gpu_index, name, float(value))
+    return gpu_index.search(x, k)
+
+
 def train_on_gpu(index: faiss.Index, x: np.ndarray) -> None:  # pragma: no cover - needs faiss-gpu
     """Train ``index``'s IVF clustering on the GPU (the trained index stays a CPU index)."""
     ivf = faiss.try_extract_index_ivf(index)

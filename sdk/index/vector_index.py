@@ -265,19 +265,23 @@ class VectorIndex:
             sel, available = None, self.manifest.count
         if available == 0:
             return np.full((len(x), k), np.nan, np.float32), np.full((len(x), k), -1, np.int64)
-        index = self._index
-        if sel is None and self._device == "cuda":  # pragma: no cover - needs faiss-gpu
-            if self._gpu_index is None:
-                self._gpu_index = fu.to_gpu(self._index)
-            index = self._gpu_index or self._index
-        p, keep = fu.search_params(index, params, sel, k=k)
-        D, I = index.search(x, k, params=p)
-        del keep
+        if sel is None and self._device == "cuda" and self._gpu() is not None:  # pragma: no cover - needs faiss-gpu
+            D, I = fu.gpu_search(self._gpu_index, x, k, params)
+        else:  # filters (id selectors) run on the CPU index: FAISS GPU indices do not take them
+            p, keep = fu.search_params(self._index, params, sel, k=k)
+            D, I = self._index.search(x, k, params=p)
+            del keep
         need = min(k, available)
         short = np.flatnonzero((I >= 0).sum(1) < need)
         if short.size:
             self._fill_short(x, k, allowed, params, sel, need, D, I, short)
         return D, I
+
+    def _gpu(self) -> faiss.Index | None:  # pragma: no cover - needs faiss-gpu
+        """The GPU clone of the index (made on first use after each change), or None if unsupported."""
+        if self._gpu_index is None:
+            self._gpu_index = fu.to_gpu(self._index) or False
+        return self._gpu_index or None
 
     def _fill_short(self, x, k, allowed, params, sel, need, D, I, short) -> None:
         """Rows with fewer than ``need`` results (selective filter, small nprobe/efSearch): search wider.

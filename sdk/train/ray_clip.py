@@ -40,19 +40,12 @@ class RayContext:
         return Path(ckpt.to_directory(str(local)))
 
 
-def _quiet_train_logs() -> None:
-    """Ray Train logs every report call at INFO under a logger named by file path; keep it quiet."""
-    import logging
-
-    from ray.train.v2._internal.execution import context as _ctx
-
-    logging.getLogger(_ctx.__file__).setLevel(logging.WARNING)
-
-
 def _worker(config: dict[str, Any]) -> None:
     import torch
 
-    _quiet_train_logs()
+    from raylens.runtime import quiet_logs
+
+    quiet_logs()
 
     if config.get("threads"):
         torch.set_num_threads(config["threads"])
@@ -64,7 +57,12 @@ def _worker(config: dict[str, Any]) -> None:
                                   local_shuffle_buffer_size=config["shuffle_buffer"],
                                   local_shuffle_seed=cfg.seed * 1000 + epoch)
 
-    train_clip(cfg, epoch_batches, RayContext())
+    def progress(m: dict[str, Any]) -> None:
+        print(f"step {m['step']:>5}/{cfg.max_steps}  loss {m['loss']:.3f}  {m['samples_per_s']:.0f} samples/s  "
+              f"{m['samples_per_s'] / (cfg.batch_size * ray.train.get_context().get_world_size()):.2f} steps/s  "
+              f"lr {m['lr']:.2e}", flush=True)
+
+    train_clip(cfg, epoch_batches, RayContext(), on_step=progress)
 
 
 @dataclass

@@ -154,3 +154,22 @@ def test_transform_config_validation():
         VolumeTransformConfig(ct_window=(100, -100))
     with pytest.raises(ValueError, match="mr_norm"):
         VolumeTransformConfig(mr_norm="robust")
+
+
+def test_predictor_uses_whatever_modalities_are_present(data):
+    from raylens_domains.medical import EncoderConfig, FusionPredictor, create_fusion_model
+
+    _, rows = data
+    cfg = VolumeTransformConfig(spatial_size=(16, 16, 16))
+    enc = EncoderConfig(widths=(4, 8, 8, 8))
+    preds = FusionPredictor(create_fusion_model("late", encoder=enc), transform=cfg, pair_by="patient").predict_rows(rows)
+    used = sorted(tuple(p.modalities_used) for p in preds)
+    assert ("CT", "MR") in used and any(len(u) == 1 for u in used)
+    assert all(0.0 <= p.probability <= 1.0 and p.model == "late" and not p.warnings for p in preds)
+    early = FusionPredictor(create_fusion_model("early", encoder=enc), transform=cfg, pair_by="patient")
+    single = [p for p in early.predict_rows(rows) if len(p.modalities_used) == 1]
+    assert single and all("zero channel" in " ".join(p.warnings) for p in single)
+    vecs, meta = early.embed_rows(rows)
+    assert vecs.shape[0] == len(meta) == len(preds) and vecs.dtype == np.float32
+    with pytest.raises(ValueError, match="DeidConfig"):
+        early.read_upload({"a.dcm": b"x"})

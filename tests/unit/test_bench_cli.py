@@ -1,0 +1,47 @@
+import json
+
+from typer.testing import CliRunner
+
+from raylens.bench import BENCHMARKS, BenchResult, _load_benchmarks, markdown_table
+from raylens.cli import app
+from raylens.data.report import IngestReport, SkippedRow
+
+runner = CliRunner()
+
+
+def test_bench_result_json_format(tmp_path):
+    r = BenchResult("x", "images_per_s", 200.0, "loop", 100.0, params={"n": 1})
+    d = json.loads(r.save(tmp_path / "r.json").read_text())
+    assert set(d) >= {"name", "metric", "value", "baseline_name", "baseline_value", "ratio", "higher_is_better",
+                      "machine", "params"}
+    assert d["ratio"] == 2.0 and d["machine"]["cores"] >= 1
+    assert BenchResult("x", "seconds", 2.0, "b", 4.0, higher_is_better=False).ratio == 2.0
+    assert "| x | images_per_s |" in markdown_table([r])
+
+
+def test_benchmarks_are_registered():
+    _load_benchmarks()
+    assert {"embed", "index"} <= set(BENCHMARKS.names())
+
+
+def test_cli_help_teaches():
+    out = runner.invoke(app, ["--help"]).output
+    for cmd in ("demo", "search", "bench", "models"):
+        assert cmd in out
+    demo = runner.invoke(app, ["demo", "--help"]).output
+    assert "--workdir" in demo and "precision@5" in demo
+    listing = runner.invoke(app, ["bench", "list"])
+    assert listing.exit_code == 0 and "embed" in listing.output
+    models = runner.invoke(app, ["models", "clip-*"])
+    assert "clip-tiny" in models.output
+
+
+def test_cli_search_missing_index_is_clear(tmp_path):
+    res = runner.invoke(app, ["search", str(tmp_path / "nope"), "a red circle"])
+    assert res.exit_code != 0 and "nope" in str(res.exception)
+
+
+def test_ingest_report_summary(tmp_path):
+    rep = IngestReport("c.csv", 10, [SkippedRow("a.png", "file not found"), SkippedRow("b.png", "corrupt or truncated image (x)")])
+    assert rep.summary() == "ingest of c.csv: 10 rows read, 2 skipped (1 file not found, 1 corrupt or truncated image)"
+    assert json.loads(rep.save(tmp_path / "r.json").read_text())["n_skipped"] == 2
