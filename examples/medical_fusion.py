@@ -23,6 +23,7 @@ Steps:
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import hashlib
 import json
 import time
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 5. similar-case retrieval over the mid-fusion embeddings, and the checkpoint to serve
     ckpt = save_checkpoint(models["mid"], work / "checkpoints" / "mid", train_config=runs["mid"],
-                           extra={"transform": transform.__dict__})
+                           extra={"transform": asdict(transform)})
     meta = [{"study_uid": k, "label": int(y), "modalities": "CT+MR"} for k, y in zip(np.array(keys)[~test], train["label"])]
     index = build_case_index(models["mid"], train, meta, checkpoint_hash=file_hash(ckpt / "model.safetensors"))
     index.save(work / "case_index", overwrite=True)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .train import MODEL_INPUT_KEYS, FusionTrainConfig, load_checkpoint, save_checkpoint, train_fusion
+from .transforms import VolumeTransformConfig
 
 __all__ = ["RayFusionResult", "train_fusion_ray", "fusion_train_loop"]
 
@@ -69,7 +70,8 @@ def fusion_train_loop(loop_config: dict[str, Any]) -> None:
         last = epoch == cfg.epochs - 1
         if rank == 0 and (last or loop_config.get("checkpoint_every_epoch")):
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(model, tmp, train_config=cfg)
+                extra = {"transform": loop_config["transform"]} if loop_config.get("transform") else None
+                save_checkpoint(model, tmp, train_config=cfg, extra=extra)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -91,10 +93,13 @@ def train_fusion_ray(
     storage_path: str | Path | None = None,
     name: str | None = None,
     checkpoint_every_epoch: bool = False,
+    transform: VolumeTransformConfig | None = None,
 ) -> RayFusionResult:
     """Train a fusion model with Ray Train (``TorchTrainer``, ``num_workers`` data-parallel workers).
 
     ``train_ds``/``val_ds`` are model-ready Ray Datasets (see :func:`~.ray_reader.fusion_dataset`).
+    ``transform`` (the preprocessing the datasets went through) is saved with the checkpoint, so
+    :class:`~.predict.FusionPredictor` preprocesses uploads the same way.
     """
     import ray.train
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
@@ -111,7 +116,8 @@ def train_fusion_ray(
     trainer = TorchTrainer(
         fusion_train_loop,
         train_loop_config={"train": asdict(config), "has_val": val_ds is not None,
-                           "checkpoint_every_epoch": checkpoint_every_epoch},
+                           "checkpoint_every_epoch": checkpoint_every_epoch,
+                           "transform": asdict(transform) if transform is not None else None},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=RunConfig(name=name or f"fusion-{config.model}", storage_path=storage,
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),

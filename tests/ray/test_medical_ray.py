@@ -53,8 +53,7 @@ def ingest(ray_session, phantom):
 def test_reader_gives_one_deidentified_row_per_series_and_a_report(phantom, ingest):
     ds, report = ingest.dataset, ingest.report
     assert ds.count() == 2 * len(phantom.patients) + 1 == report.n_ok
-    reasons = sorted(s.reason.split(" (")[0].split(":")[0] for s in report.skipped)
-    assert reasons == ["missing slices", "mixed series", "not a DICOM file", "not a DICOM file"]
+    assert report.reasons() == {"not a DICOM file": 2, "missing slices": 1, "mixed series": 1}
     rows = ds.take_all()
     assert {r["modality"] for r in rows} == {"CT", "MR"}
     shapes = {tuple(np.asarray(r["volume"]).shape) for r in rows}
@@ -102,11 +101,15 @@ def test_ray_train_mid_fusion_with_two_workers(ray_session, fusion_rows, tmp_pat
     fz = fusion_rows.filter(lambda r: r["label"] >= 0).materialize()
     cfg = FusionTrainConfig(model="mid", epochs=2, batch_size=2, modality_dropout=0.2,
                             model_kwargs={"encoder": {"widths": [4, 8, 8, 8]}})
-    res = train_fusion_ray(cfg, fz, fz, num_workers=2, storage_path=tmp_path / "runs", name="medical-test")
+    res = train_fusion_ray(cfg, fz, fz, num_workers=2, storage_path=tmp_path / "runs", name="medical-test",
+                           transform=TRANSFORM)
     assert res.checkpoint_dir and Path(res.checkpoint_dir, "model.safetensors").is_file()
     assert "val_auc" in res.metrics and "loss" in res.metrics
     model = res.load_model()
     assert model.kind == "mid"
+    from raylens_domains.medical import FusionPredictor
+
+    assert FusionPredictor.from_checkpoint(res.checkpoint_dir).transform == TRANSFORM
 
 
 def _free_port() -> int:
