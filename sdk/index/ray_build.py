@@ -10,8 +10,9 @@ distributed build:
 3. the driver merges the shards with ``merge_from`` (offsetting ids, so ids are 0..N-1 in merge
    order, or the dataset's ``id_column``), then tunes ``nprobe`` against the merged exact top-k.
 
-Flat and HNSW indices cannot be merged shard by shard, so for them the vectors are gathered and
-:meth:`VectorIndex.build` runs on the driver.
+Refined indices (``...,Refine(SQ8)``) are merged part by part (IVF lists, then the refinement
+codes). Flat and HNSW indices cannot be merged shard by shard, so for them (and for builds with
+near-duplicate removal) the vectors are gathered and :meth:`VectorIndex.build` runs on the driver.
 """
 
 from __future__ import annotations
@@ -63,14 +64,16 @@ def _batch_vectors(batch: dict[str, np.ndarray], column: str, dim: int | None, n
 class AddShard:
     """``map_batches`` UDF: adds one shard of vectors to a copy of the trained index.
 
-    Returns one row per batch: the serialized shard index, its metadata (Arrow IPC bytes), its
+    ``with_ids=False`` is for indices without ``add_with_ids`` (Refine): they number vectors
+    0..n-1 and the driver maps those to ids. Returns one row per batch: the serialized shard index, its metadata (Arrow IPC bytes), its
     row count, and (npz bytes) its ids and the exact top-k scores/ids of the tuning queries
     against this shard.
     """
 
     def __init__(self, trained: bytes, vector_column: str, id_column: str | None, normalize: bool,
-                 metric: str, queries: np.ndarray | None, k: int):
+                 metric: str, queries: np.ndarray | None, k: int, with_ids: bool = True):
         self.trained = np.frombuffer(trained, dtype=np.uint8)
+        self.with_ids = with_ids
         self.vector_column, self.id_column = vector_column, id_column
         self.normalize, self.metric = normalize, metric
         self.queries, self.k = queries, k
@@ -80,7 +83,10 @@ class AddShard:
         x = _batch_vectors(batch, self.vector_column, index.d, self.normalize)
         n = len(x)
         ids = as_ids(batch[self.id_column], n=n, name=f"dataset column {self.id_column!r}") if self.id_column else np.arange(n, dtype=np.int64)
-        index.add_with_ids(x, ids)
+        if self.with_ids:
+            index.add_with_ids(x, ids)
+        else:  # an index that numbers vectors itself (Refine): local 0..n-1, mapped on the driver
+            index.add(x)
         meta = {k: v for k, v in batch.items() if k not in (self.vector_column, self.id_column)}
         table = pa.table({k: list(v) if isinstance(v, np.ndarray) and v.ndim > 1 else v for k, v in meta.items()}) if meta else pa.table({})
         arrays = {"ids": ids}
@@ -155,8 +161,11 @@ def build_index_from_dataset(
         choice = choose_index(n, dim, memory_budget=opts.memory_budget, latency_target_ms=opts.latency_target_ms,
                               build_time_target_s=opts.build_time_target_s)
     empty = new_faiss_index(choice.factory, dim, opts.metric)
-    if fu.family(empty) != "ivf" or fu.has_refine(empty) or opts.dedup_threshold is not None:
-        return _build_on_driver(ds, n, choice, opts, model, checkpoint_hash, checkpoint, vector_column, id_column)
+    if fu.family(empty) != "ivf" or opts.dedup_threshold is not None:
+        return _build_on_driver(ds, opts, model, checkpoint_hash, checkpoint, vector_column, id_column)
+    # IVF takes ids itself; Refine comes wrapped in IDMap2: shards fill the inner index
+    wrapped = isinstance(faiss.downcast_index(empty), (faiss.IndexIDMap, faiss.IndexIDMap2))
+    target = faiss.downcast_index(empty.index) if wrapped else empty
 
     log.info("index choice for %dx%d: %s", n, dim, choice.reason)
     figures: dict[str, Any] = {"input_vectors": n, "path": "ray-sharded"}
@@ -176,32 +185,39 @@ def build_index_from_dataset(
     t = time.perf_counter()
     out = ds.map_batches(
         AddShard,
-        fn_constructor_kwargs=dict(trained=faiss.serialize_index(empty).tobytes(), vector_column=vector_column,
-                                   id_column=id_column, normalize=opts.normalize, metric=opts.metric, queries=tq, k=k_gt),
+        fn_constructor_kwargs=dict(trained=faiss.serialize_index(target).tobytes(), vector_column=vector_column,
+                                   id_column=id_column, normalize=opts.normalize, metric=opts.metric, queries=tq,
+                                   k=k_gt, with_ids=not wrapped),
         batch_size=shard_rows,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
     )
-    index, tables, id_parts, gt = empty, [], [], []
+    tables, id_parts, gt = [], [], []
     offset = 0
     for row in out.iter_rows():
         shard = faiss.deserialize_index(np.frombuffer(row["shard"], dtype=np.uint8))
-        add_id = 0 if id_column else offset
-        index.merge_from(shard, add_id)
         arrays = _npz_load(row["arrays"])
-        ids = arrays["ids"] + add_id
+        # positions inside the shard start at 0: shift them by the rows merged so far, unless the
+        # shard holds the dataset's own ids (id_column into an index that takes ids)
+        _merge_into(target, shard, add_id=0 if (id_column and not wrapped) else offset)
+        ids = arrays["ids"] + (0 if id_column else offset)
         tables.append(_table_from_bytes(row["meta"]))
         id_parts.append(ids)
         if tq is not None:
-            gt.append((arrays["gt_scores"], np.where(arrays["gt_ids"] >= 0, arrays["gt_ids"] + add_id, -1)))
+            gt_ids = arrays["gt_ids"]
+            gt.append((arrays["gt_scores"], np.where(gt_ids >= 0, gt_ids + (0 if id_column else offset), -1)))
         offset += int(row["n"])
     figures.update(add_s=round(time.perf_counter() - t, 3), shards=len(tables), workers=workers)
     all_ids = np.concatenate(id_parts)
     as_ids(all_ids, n=len(all_ids), name=f"dataset column {id_column!r}" if id_column else "ids")
+    if wrapped:  # tell IDMap2 which id each internal position 0..N-1 has
+        faiss.copy_array_to_vector(all_ids, empty.id_map)
+        empty.ntotal = target.ntotal
+        empty.construct_rev_map()
+    index = empty
     fu.prepare_ids(index)
-    meta = MetadataStore()
-    for ids, table in zip(id_parts, tables):
-        meta = meta.append(ids, table)
+    table = pa.concat_tables(tables, promote_options="permissive") if tables and tables[0].num_columns else pa.table({})
+    meta = MetadataStore().append(all_ids, table)
     manifest = IndexManifest(
         model=model, checkpoint_hash=checkpoint_hash, checkpoint=None if checkpoint is None else str(checkpoint),
         dim=dim, metric=opts.metric, normalize=opts.normalize, count=len(all_ids), index_factory=choice.factory,
@@ -217,6 +233,17 @@ def build_index_from_dataset(
     return idx
 
 
+def _merge_into(dst: faiss.Index, src: faiss.Index, *, add_id: int) -> None:
+    """Append shard ``src`` to ``dst`` (same trained index), shifting its ids by ``add_id``."""
+    d, s = faiss.downcast_index(dst), faiss.downcast_index(src)
+    if isinstance(d, faiss.IndexRefine):  # base and refinement codes are merged side by side
+        faiss.downcast_index(d.base_index).merge_from(faiss.downcast_index(s.base_index), add_id)
+        faiss.downcast_index(d.refine_index).merge_from(faiss.downcast_index(s.refine_index))
+        d.ntotal += s.ntotal
+    else:
+        d.merge_from(s, add_id)
+
+
 def _merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int, metric: str) -> np.ndarray:
     """Global exact top-k ids from per-shard top-k lists."""
     scores = np.concatenate([s for s, _ in parts], axis=1)
@@ -225,9 +252,9 @@ def _merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int, metric: str)
     return np.take_along_axis(ids, order, axis=1)
 
 
-def _build_on_driver(ds, n, choice, opts, model, checkpoint_hash, checkpoint, vector_column, id_column) -> VectorIndex:
-    """Gather vectors and metadata and build in-process (Flat, HNSW, Refine and dedup builds)."""
-    log.info("index %s cannot be built shard by shard; gathering %d vectors on the driver", choice.factory, n)
+def _build_on_driver(ds, opts, model, checkpoint_hash, checkpoint, vector_column, id_column) -> VectorIndex:
+    """Gather vectors and metadata and build in-process (Flat and HNSW cannot merge; dedup needs all)."""
+    log.info("this index (Flat/HNSW, or a dedup build) is not built shard by shard; gathering the vectors on the driver")
     xs, tables, ids = [], [], []
     for b in ds.iter_batches(batch_size=65_536, batch_format="numpy"):
         xs.append(_batch_vectors(b, vector_column, None, False))

@@ -82,3 +82,16 @@ def test_bad_vectors_fail_clearly(ray_session):
         build_index_from_dataset(ds, model="m", index_factory="IVF8,Flat", shard_rows=500, num_workers=1, tune=False)
     with pytest.raises(ValueError, match="vector_column"):
         build_index_from_dataset(ds, model="m", vector_column="emb")
+
+
+def test_refined_pq_is_merged_shard_by_shard(ray_session):
+    from raylens.index.ray_build import build_index_from_dataset
+
+    ds, x, _ = _dataset(ray_session, 3000, with_ids=True, seed=2)
+    idx = build_index_from_dataset(ds, model="m", index_factory="IVF16,PQ16x4fs,Refine(SQ8)", id_column="item_id",
+                                   shard_rows=1000, num_workers=2, tune_queries=100, threads=1)
+    assert idx.manifest.build["figures"]["path"] == "ray-sharded"
+    assert sorted(idx.ids.tolist()) == [1_000 + 3 * i for i in range(3000)]
+    hit = idx.search(x[42], k=1)[0][0]
+    assert hit.id == 1_000 + 3 * 42 and hit.path == "42.png"
+    assert idx.delete([hit.id]) == 1 and idx.manifest.tombstones == 1
