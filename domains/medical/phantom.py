@@ -257,6 +257,13 @@ def _slice_points(g: dict, k: int) -> np.ndarray:
 # writing DICOM
 
 
+def _uid(rng: np.random.Generator) -> str:
+    """A valid ``2.25.`` UID drawn from ``rng``: the same seed gives the same UIDs."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[str(int(x)) for x in rng.integers(0, 2**62, size=2)])
+
+
 def _base_dataset(sop_class: str, sop_uid: str, modality: str, patient: PhantomPatient, study_uid: str,
                   series_uid: str, rng: np.random.Generator):
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -348,7 +355,7 @@ def write_series(
     """
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import RLELossless, generate_uid
+    from pydicom.uid import RLELossless
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -361,7 +368,7 @@ def write_series(
         ds.ImagePositionPatient = [round(float(x), 4) for x in grid["origin"] + k * grid["dz"] * grid["normal"]]
 
     if multiframe:
-        sop = generate_uid()
+        sop = _uid(rng)
         patient.sop_uids.append(sop)
         ds = _base_dataset(ENHANCED_MR_SOP, sop, modality, patient, study_uid, series_uid, rng)
         order = list(ks)
@@ -398,7 +405,7 @@ def write_series(
     if shuffle:
         rng.shuffle(inst)  # InstanceNumber says nothing about position
     for j, k in enumerate(ks):
-        sop = generate_uid()
+        sop = _uid(rng)
         patient.sop_uids.append(sop)
         ds = _base_dataset(CT_SOP if modality == "CT" else MR_SOP, sop, modality, patient, study_uid, series_uid, rng)
         ds.Rows = ds.Columns = grid["size"]
@@ -421,8 +428,6 @@ def generate_phantoms(root: str | Path, config: PhantomConfig | None = None) -> 
 
     Folder and file names carry no PHI. Returns a :class:`PhantomDataset` describing what was written.
     """
-    from pydicom.uid import generate_uid
-
     cfg = config or PhantomConfig()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -451,14 +456,14 @@ def generate_phantoms(root: str | Path, config: PhantomConfig | None = None) -> 
             institution=f"St Example Hospital {prng.integers(100, 999)}",
             physician=f"Who^Doctor^{prng.integers(100, 999)}",
             study_date=f"20{prng.integers(10, 24)}{prng.integers(1, 13):02d}{prng.integers(1, 29):02d}",
-            frame_of_reference_uid=generate_uid(),
+            frame_of_reference_uid=_uid(prng),
         )
         anatomy = _anatomy(prng, dense, bright)
         p.anatomy = anatomy
-        shared_study = generate_uid()
+        shared_study = _uid(prng)
         for m in mods:
-            study = shared_study if cfg.same_study else generate_uid()
-            series = generate_uid()
+            study = shared_study if cfg.same_study else _uid(prng)
+            series = _uid(prng)
             p.study_uids[m] = study
             p.series_uids[m] = series
             grid = _grid(prng, m, cfg, anatomy["centre"])
@@ -489,8 +494,6 @@ def generate_phantoms(root: str | Path, config: PhantomConfig | None = None) -> 
 
 def _write_extras(root: Path, cfg: PhantomConfig, rng: np.random.Generator) -> tuple[dict[str, str], list[str]]:
     """A non-DICOM file, a CT series with a missing slice, and a mixed series (two sizes, one UID)."""
-    from pydicom.uid import generate_uid
-
     extra = root / "extras"
     extra.mkdir(parents=True, exist_ok=True)
     txt = extra / "notes.txt"
@@ -498,16 +501,16 @@ def _write_extras(root: Path, cfg: PhantomConfig, rng: np.random.Generator) -> t
     ghost = PhantomPatient(index=-1, label=0, dense_on_ct=False, bright_on_mr=False, modalities=("CT",),
                            patient_name="Ghost^Extra^Q0001", patient_id="MRN-EXTRA-0001", birth_date="19500101",
                            accession="ACC-EXTRA-1", institution="Extra Clinic 1", physician="Extra^Doc",
-                           study_date="20200101", frame_of_reference_uid=generate_uid())
+                           study_date="20200101", frame_of_reference_uid=_uid(rng))
     anatomy = _anatomy(rng, True, True)
     grid = _grid(rng, "CT", cfg, anatomy["centre"])
     fn = lambda pts: render_phantom(pts, anatomy, "CT", rng)  # noqa: E731
     gap = extra / "missing_slice"
-    write_series(gap, ghost, "CT", fn, grid, rng, study_uid=generate_uid(), series_uid=generate_uid(),
+    write_series(gap, ghost, "CT", fn, grid, rng, study_uid=_uid(rng), series_uid=_uid(rng),
                  drop_slices=(grid["n"] // 2,))
     mixed = extra / "mixed"
-    series = generate_uid()
-    study = generate_uid()
+    series = _uid(rng)
+    study = _uid(rng)
     small = dict(grid, n=max(2, grid["n"] // 4))
     write_series(mixed, ghost, "CT", fn, small, rng, study_uid=study, series_uid=series)
     other = dict(small, size=grid["size"] // 2, px=grid["px"] * 2,

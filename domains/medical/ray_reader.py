@@ -140,7 +140,8 @@ def read_dicom(
     if not files:
         return DicomDataset(ray.data.from_items([]), report)
 
-    n_blocks = max(1, min(len(files) // files_per_task + 1, 4 * _cluster_cpus()))
+    # two blocks per CPU: enough to balance, few enough that per-task overhead stays small
+    n_blocks = max(1, min(len(files) // files_per_task + 1, 2 * _cluster_cpus()))
     header_ds = ray.data.from_items([{"path": p} for p in files], override_num_blocks=n_blocks).map_batches(
         _header_batch, fn_kwargs={"config": config}, batch_size=files_per_task, num_cpus=num_cpus,
         batch_format="numpy",
@@ -159,21 +160,28 @@ def read_dicom(
     # biggest series first, so the longest tasks start early
     items = [{"series_uid": uid, "headers": json.dumps([h.to_dict() for h in hs])}
              for uid, hs in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
-    n_series_blocks = max(1, min(len(items), 4 * _cluster_cpus()))
+    n_series_blocks = max(1, min(len(items), 2 * _cluster_cpus()))
     kw: dict[str, Any] = dict(fn_kwargs={"config": config, "transform": transform}, batch_size=series_per_task,
                               batch_format="numpy")
     if compute is not None:
         kw["compute"] = compute
     ds = ray.data.from_items(items, override_num_blocks=n_series_blocks).map_batches(
         _series_batch, num_cpus=num_cpus, **kw).materialize()
-    status = ds.select_columns(list(_SKIP)).take_all()  # small: two strings per series
-    for r in status:
-        if r["skip_reason"]:
-            report.skipped.append(SkippedRow(str(r["skip_path"]), str(r["skip_reason"])))
-    report.n_ok = sum(1 for r in status if not r["skip_reason"])
+    # the skip columns straight from the materialised blocks (plain tasks: no second Data job)
+    skip_rows = ray.remote(num_cpus=0.25)(_skip_rows_impl)
+    status = [r for part in ray.get([skip_rows.remote(ref) for ref in ds.to_arrow_refs()]) for r in part]
+    for path, reason in status:
+        if reason:
+            report.skipped.append(SkippedRow(path, reason))
+    report.n_ok = sum(1 for _, reason in status if not reason)
     good = ds.filter(expr="skip_reason == ''").drop_columns(list(_SKIP))
     log.info(report.summary())
     return DicomDataset(good, report, n_files=len(files), n_slices=len(headers))
+
+
+def _skip_rows_impl(table) -> list[tuple[str, str]]:
+    cols = table.select(list(_SKIP)).to_pydict()
+    return list(zip(cols["skip_path"], cols["skip_reason"]))
 
 
 def _cluster_cpus() -> int:

@@ -183,13 +183,58 @@ def _check_consistent(headers: Sequence[SliceHeader], tol: GeometryTolerance) ->
         raise MixedSeriesError("mixed series (slices with different PixelSpacing)")
 
 
+# What decoding and the modality LUT need; reading only these skips converting the rest of the header.
+_PIXEL_TAGS = [
+    "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames", "Rows", "Columns",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PixelData", "FloatPixelData",
+    "DoubleFloatPixelData", "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "RescaleSlope",
+    "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "Modality",
+]
+
+
+_NATIVE_BYTE_ORDER = {"1.2.840.10008.1.2": "<", "1.2.840.10008.1.2.1": "<", "1.2.840.10008.1.2.2": ">"}
+
+
+def native_pixels(ds, transfer_syntax: str) -> np.ndarray | None:
+    """Uncompressed grey-scale pixels read straight from PixelData, or None to use ``pixel_array``.
+
+    Covers the common case (implicit/explicit VR, 8/16/32 bits, BitsStored == BitsAllocated, one
+    sample) with one ``np.frombuffer``: the same values as ``ds.pixel_array`` without its per-call
+    set-up, which dominates for small slices. Everything else goes through pydicom.
+    """
+    order = _NATIVE_BYTE_ORDER.get(str(transfer_syntax))
+    if order is None or "PixelData" not in ds:
+        return None
+    try:
+        bits = int(ds.BitsAllocated)
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or bits not in (8, 16, 32):
+            return None
+        if int(ds.get("BitsStored", bits) or bits) != bits:
+            return None  # pydicom masks / sign-extends the unused high bits
+        kind = "i" if int(ds.get("PixelRepresentation", 0) or 0) == 1 else "u"
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    raw = ds.PixelData
+    count = rows * cols * frames
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) < count * bits // 8:
+        return None  # let pydicom report the problem
+    arr = np.frombuffer(raw, dtype=np.dtype(f"{order}{kind}{bits // 8}"), count=count)
+    return arr.reshape((frames, rows, cols) if frames > 1 else (rows, cols))
+
+
 def _read_pixels(path: str, transfer_syntax: str, deidentifier=None, deid_root: str | None = None, opener=None):
     import pydicom
 
     check_decoder(transfer_syntax)
+    copy = deidentifier is not None and deid_root is not None
     try:
-        ds = pydicom.dcmread(opener(path) if opener else path)
-        arr = ds.pixel_array
+        # the whole dataset only when a de-identified copy is written
+        ds = pydicom.dcmread(opener(path) if opener else path, specific_tags=None if copy else _PIXEL_TAGS)
+        arr = native_pixels(ds, transfer_syntax)
+        if arr is None:
+            arr = ds.pixel_array
     except MissingDecoderError:
         raise
     except Exception as e:  # pydicom raises many types for corrupt pixel data
@@ -199,7 +244,7 @@ def _read_pixels(path: str, transfer_syntax: str, deidentifier=None, deid_root: 
         from pydicom.pixels import apply_modality_lut
 
         lut = lambda a: np.asarray(apply_modality_lut(a, ds), dtype=np.float32)  # noqa: E731
-    if deidentifier is not None and deid_root is not None:
+    if copy:
         _write_deid_copy(ds, deidentifier, deid_root)
     return arr, lut
 

@@ -47,7 +47,7 @@ class BuildOptions:
     """Recall@10 against exact search that autotuning must reach on held-out queries."""
     tune: bool = True
     """Autotune ``nprobe``/``efSearch`` after building (approximate indices only)."""
-    tune_queries: int = 500
+    tune_queries: int = 1000
     """Held-out queries sampled from the data for autotuning (their own id is left out of recall)."""
     train_size: int | None = None
     """Vectors sampled to train IVF/PQ; None: about 64 per IVF list, at most 200,000."""

@@ -170,15 +170,19 @@ def build_index_from_dataset(
     log.info("index choice for %dx%d: %s", n, dim, choice.reason)
     figures: dict[str, Any] = {"input_vectors": n, "path": "ray-sharded"}
     t = time.perf_counter()
-    sample = _sample(ds, n, train_size(empty, n, opts.train_size), vector_column, opts.normalize, opts.seed)
+    m = train_size(empty, n, opts.train_size)
+    n_tq = min(opts.tune_queries, n // 2) if opts.tune else 0
+    sample = _sample(ds, n, m + n_tq, vector_column, opts.normalize, opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    sample = sample[rng.permutation(len(sample))]
+    tq = sample[:n_tq] if n_tq else None  # tuning queries: dataset rows the training does not see
+    train = sample[n_tq:] if len(sample) - n_tq >= min(m, 1000) else sample
     if fu.resolve_device(opts.device) == "cuda":  # pragma: no cover - needs faiss-gpu
-        fu.train_on_gpu(empty, sample)
+        fu.train_on_gpu(empty, train)
     else:
         with fu.omp_threads(opts.threads):
-            empty.train(sample)
-    figures.update(train_vectors=len(sample), train_s=round(time.perf_counter() - t, 3))
-    rng = np.random.default_rng(opts.seed)
-    tq = sample[rng.choice(len(sample), min(opts.tune_queries, len(sample)), replace=False)] if opts.tune else None
+            empty.train(train)
+    figures.update(train_vectors=len(train), train_s=round(time.perf_counter() - t, 3))
     k_gt = 11
 
     workers = num_workers or max(1, min(8, int(ray.cluster_resources().get("CPU", 1))))

@@ -1,18 +1,24 @@
 """Search-parameter autotuning: the cheapest ``nprobe``/``efSearch``/``k_factor`` that reaches a recall target.
 
 Recall is recall@k against exact search on held-out queries: the fraction of the exact top-k ids
-that the index returns in its own top-k. A setting passes when the lower end of its ~95% interval
-(recall − z·√(r(1−r)/(queries·k)), z = 2) reaches the target, so the target holds on new queries
-too, not only on the tuning sample. Recall grows with each knob, so for every value of the
-secondary knob (``k_factor``) a binary search finds the smallest primary value (``nprobe`` or
-``efSearch``) reaching the target; the candidate with the lowest measured latency wins.
+that the index returns in its own top-k. A setting passes when the lower end of its ~99.7%
+interval, recall − z·√(r(1−r)/(queries·k)) with z = 3, reaches the target, so that the target
+holds on new queries too, not only on the tuning sample (the margin also absorbs the optimism of
+stopping at the first setting whose estimate crosses the target).
+
+Recall and cost grow with each knob. For every value of the secondary knob (``k_factor``, most
+generous first), the primary knob (``nprobe`` or ``efSearch``) is raised from its cheapest value
+until the target is reached, recall plateaus (two steps gaining < 0.001), or the search gets
+slower than a setting that already passed. The passing setting with the lowest measured latency
+wins. Walking up from cheap settings keeps the tuning cost near that of the answer (measuring an
+exhaustive ``nprobe`` first would cost more than the whole build).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -66,7 +72,7 @@ def autotune(
     *,
     target: float = 0.95,
     k: int = 10,
-    z: float = 2.0,
+    z: float = 3.0,
 ) -> TuneResult:
     """Tune ``knobs`` (name → candidate values, cheapest first) for ``search(params, k) -> ids``.
 
@@ -85,7 +91,6 @@ def autotune(
     def measure(params: dict[str, int]) -> tuple[float, float]:
         key = tuple(sorted(params.items()))
         if key not in cache:
-            search(params, k)  # warm-up (page in, thread pool)
             t0 = time.perf_counter()
             found = search(params, k)
             dt = (time.perf_counter() - t0) / len(truth) * 1e3
@@ -93,32 +98,39 @@ def autotune(
             table.append({**params, "recall": round(cache[key][0], 4), "latency_ms": round(dt, 4)})
         return cache[key]
 
-    candidates = []
-    for combo in itertools.product(*[knobs[s] for s in secondary]) if secondary else [()]:
+    combos = list(itertools.product(*[knobs[s] for s in secondary])) if secondary else [()]
+    combos.reverse()  # most generous secondary setting first: it passes soonest and bounds the others
+    if primary is not None:
+        search({primary: knobs[primary][0], **dict(zip(secondary, combos[0]))}, k)  # warm-up
+    best_ok: tuple[dict, float, float] | None = None
+    fallback: tuple[dict, float, float] | None = None
+    for combo in combos:
         fixed = dict(zip(secondary, combo))
-        if primary is None:
-            candidates.append(fixed)
-            continue
-        values = knobs[primary]
-        lo, hi = 0, len(values) - 1
-        if not passes(measure({**fixed, primary: values[hi]})[0]):
-            candidates.append({**fixed, primary: values[hi]})
-            continue
-        while lo < hi:  # smallest value reaching the target
-            mid = (lo + hi) // 2
-            if passes(measure({**fixed, primary: values[mid]})[0]):
-                hi = mid
-            else:
-                lo = mid + 1
-        candidates.append({**fixed, primary: values[lo]})
-    scored = [(p, *measure(p)) for p in candidates]
-    ok = [s for s in scored if passes(s[1])]
-    if ok:
-        best = min(ok, key=lambda s: s[2])
+        values = knobs[primary] if primary else [None]
+        prev, flat_steps = -1.0, 0
+        for v in values:
+            params = {**fixed, primary: v} if primary else fixed
+            recall, ms = measure(params)
+            if fallback is None or (recall, -ms) > (fallback[1], -fallback[2]):
+                fallback = (params, recall, ms)
+            if passes(recall):
+                if best_ok is None or ms < best_ok[2]:
+                    best_ok = (params, recall, ms)
+                break
+            # ascending is cheap (cost grows with the knob); stop when slower than a passing
+            # setting already found, or when recall has stopped improving (a plateau below target)
+            if best_ok is not None and ms > best_ok[2]:
+                break
+            flat_steps = flat_steps + 1 if recall - prev < 0.001 else 0
+            if flat_steps >= 2:
+                break
+            prev = recall
+    if best_ok is not None:
+        best, ok = best_ok, True
     else:
-        best = max(scored, key=lambda s: (s[1], -s[2]))
+        best, ok = fallback, False
         log.warning("autotune: no setting reached recall@%d >= %.2f; best is %s at %.3f", k, target, best[0], best[1])
     return TuneResult(
         params=best[0], recall=round(best[1], 4), latency_ms=round(best[2], 4), target=target,
-        reached=bool(ok), k=k, queries=len(truth), table=table,
+        reached=ok, k=k, queries=len(truth), table=table,
     )

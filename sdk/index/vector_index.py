@@ -57,7 +57,8 @@ def new_faiss_index(factory: str, dim: int, metric: str) -> faiss.Index:
 
 
 def train_size(index: faiss.Index, n: int, requested: int | None) -> int:
-    """Training sample size: as asked, else ~64 points per IVF list (and >= 10k for PQ), at most 200k."""
+    """Training sample size: as asked, else ~64 points per IVF list, at least 16,384 (PQ codebooks
+    want ~40+ points per centroid) and at most 200,000."""
     if requested:
         return min(n, requested)
     lists = fu.nlist(index) or 0
@@ -106,8 +107,9 @@ class VectorIndex:
         ``index_factory=None`` chooses the index from N, D, ``memory_budget`` and
         ``latency_target_ms`` (see :mod:`raylens.index.choose`); the reason is logged and kept in
         ``manifest.choice_reason``. Further :class:`BuildOptions` fields may be passed as keywords
-        (``memory_budget="2G"``, ``recall_target=0.95``, ``dedup_threshold=0.97``, ``tune=False``...).
-        Ids default to 0..N-1.
+        (``memory_budget="2G"``, ``recall_target=0.95``, ``dedup_threshold=0.97``, ``tune=False``...),
+        or a whole ``options=BuildOptions(...)`` (which then wins over ``metric``/``normalize``/
+        ``index_factory``). Ids default to 0..N-1. Invalid input raises before anything is built.
         """
         t0 = time.perf_counter()
         if options is None:
@@ -154,10 +156,13 @@ class VectorIndex:
         n, dim = x.shape
         index = new_faiss_index(choice.factory, dim, options.metric)
         t_train = time.perf_counter()
+        untrained_rows = None
         if not index.is_trained:
             rng = np.random.default_rng(options.seed)
             m = train_size(index, n, options.train_size)
-            sample = x if m >= n else x[np.sort(rng.choice(n, m, replace=False))]
+            rows = np.arange(n) if m >= n else np.sort(rng.choice(n, m, replace=False))
+            sample = x[rows]
+            untrained_rows = np.setdiff1d(np.arange(n), rows)
             if device == "cuda":  # pragma: no cover - needs faiss-gpu
                 fu.train_on_gpu(index, sample)
             else:
@@ -179,7 +184,10 @@ class VectorIndex:
         )
         obj = cls(index, MetadataStore().append(ids, table), manifest, device=device)
         if options.tune and fu.tunable_params(index):
-            obj.tune(x, ids, recall_target=options.recall_target, n_queries=options.tune_queries, seed=options.seed)
+            # tuning queries come from rows the training did not see, when there are enough of them
+            pool = untrained_rows if untrained_rows is not None and len(untrained_rows) >= options.tune_queries else None
+            obj.tune(x, ids, recall_target=options.recall_target, n_queries=options.tune_queries, seed=options.seed,
+                     query_pool=pool)
         figures["build_s"] = round(time.perf_counter() - t0, 3)
         figures["index_bytes"] = obj.nbytes
         return obj
@@ -315,10 +323,10 @@ class VectorIndex:
 
     def _stored_vectors(self, ids: np.ndarray) -> np.ndarray:
         """Vectors of ``ids`` as the index stores them (decoded for compressed indices)."""
-        out = np.empty((len(ids), self.dim), np.float32)
-        for j, i in enumerate(ids.tolist()):
-            out[j] = self._index.reconstruct(i)
-        return out
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not len(ids):
+            return np.zeros((0, self.dim), np.float32)
+        return np.asarray(self._index.reconstruct_batch(ids), dtype=np.float32).reshape(len(ids), self.dim)
 
     def search_arrays(self, queries, k: int = 10, filters: dict | None = None, *,
                       params: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -376,14 +384,17 @@ class VectorIndex:
 
     def tune(self, database: np.ndarray | None = None, database_ids: np.ndarray | None = None, *,
              queries: np.ndarray | None = None, query_ids: np.ndarray | None = None, truth: np.ndarray | None = None,
-             recall_target: float = 0.95, k: int = 10, n_queries: int = 500, seed: int = 0) -> TuneResult | None:
+             recall_target: float = 0.95, k: int = 10, n_queries: int = 1000, seed: int = 0,
+             query_pool: np.ndarray | None = None) -> TuneResult | None:
         """Find the cheapest search parameters reaching recall@k >= ``recall_target`` against exact search.
 
         The exact ground truth comes from ``truth`` (exact top ids of ``queries``), else from
         ``database`` (the indexed vectors, ids in ``database_ids``, default the live ids in
         sorted order), else from the index's stored vectors (exact for Flat/HNSW/IVF-Flat only).
-        Default queries are ``n_queries`` database rows; a query's own id (``query_ids`` for given
-        queries) is left out of both result lists, so no query counts finding itself.
+        Default queries are ``n_queries`` database rows (drawn from the row positions in
+        ``query_pool`` if given, e.g. rows the training never saw); a query's own id
+        (``query_ids`` for given queries) is left out of both result lists, so no query counts
+        finding itself.
         The result goes to ``manifest.search_params`` and ``manifest.tuning``.
         """
         knobs = fu.tunable_params(self._index)
@@ -409,7 +420,8 @@ class VectorIndex:
                     if len(db_ids) != len(db):
                         raise ValueError(f"`database` has {len(db)} rows but there are {len(db_ids)} ids; pass database_ids=")
                 if queries is None:
-                    pick = rng.choice(len(db), min(n_queries, len(db)), replace=False)
+                    pool = np.arange(len(db)) if query_pool is None else np.asarray(query_pool)
+                    pick = rng.choice(pool, min(n_queries, len(pool)), replace=False)
                     q, self_ids = db[pick], db_ids[pick]
                 else:
                     q = self._prepare_queries(queries)

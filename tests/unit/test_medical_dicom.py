@@ -249,3 +249,47 @@ def test_phantom_files_are_stored_out_of_order(phantom):
     z = [float(pydicom.dcmread(Path(p.folders["CT"]) / f, stop_before_pixels=True).ImagePositionPatient[2])
          for f in files]
     assert z != sorted(z) and z != sorted(z, reverse=True)
+
+
+def test_fast_header_parsing_matches_pydicom(phantom):
+    """The raw-bytes fast path of the header pass gives what pydicom's own conversion gives."""
+    from raylens_domains.medical.dicom_scan import _FAST_TAGS, _fast
+
+    files = [str(f) for p in phantom.patients for m in p.modalities for f in Path(p.folders[m]).iterdir()][:20]
+    files += [get_testdata_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm",
+                                            "MR_small_implicit.dcm", "rtdose.dcm", "liver_1frame.dcm")]
+    n_checked = 0
+    for f in files:
+        fast_ds = pydicom.dcmread(f, stop_before_pixels=True)
+        ref_ds = pydicom.dcmread(f, stop_before_pixels=True)
+        for kw in _FAST_TAGS:
+            ref = ref_ds.get(kw)
+            ref = None if ref in (None, "") else ref
+            got = _fast(fast_ds, kw)
+            if isinstance(ref, (list, pydicom.multival.MultiValue)):
+                assert got == pytest.approx([float(x) for x in ref]), (f, kw)
+            elif ref is not None and not isinstance(ref, str):
+                assert got == pytest.approx(float(ref)), (f, kw)
+            else:
+                assert got == (str(ref) if ref is not None else None), (f, kw)
+            n_checked += ref is not None
+    assert n_checked > 100
+
+
+def test_native_pixel_fast_path_matches_pixel_array(phantom):
+    from raylens_domains.medical.volume import native_pixels
+
+    files = [get_testdata_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm",
+                                            "MR_small_implicit.dcm", "rtdose.dcm", "MR_small_RLE.dcm",
+                                            "SC_rgb_small_odd.dcm", "liver_1frame.dcm")]
+    files += [str(next(Path(p.folders[m]).iterdir())) for p in phantom.patients for m in p.modalities]
+    n_fast = 0
+    for f in files:
+        ds = pydicom.dcmread(f)
+        fast = native_pixels(ds, ds.file_meta.TransferSyntaxUID)
+        if fast is not None:
+            n_fast += 1
+            ref = ds.pixel_array
+            assert fast.shape == ref.shape and fast.dtype.kind == ref.dtype.kind, f
+            assert np.array_equal(fast, ref), f
+    assert n_fast >= 6
