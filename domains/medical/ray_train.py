@@ -110,9 +110,11 @@ def train_fusion_ray(
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     storage = str(Path(storage_path or Path.home() / ".raylens" / "ray_results").resolve())
-    datasets = {"train": train_ds.select_columns(_COLUMNS)}
+    # materialise the model-ready columns now: once the workers hold their CPUs, a small cluster has
+    # none left for Data tasks, and a lazy dataset would wait for them forever
+    datasets = {"train": train_ds.select_columns(_COLUMNS).materialize()}
     if val_ds is not None:
-        datasets["val"] = val_ds.select_columns(_COLUMNS)
+        datasets["val"] = val_ds.select_columns(_COLUMNS).materialize()
     trainer = TorchTrainer(
         fusion_train_loop,
         train_loop_config={"train": asdict(config), "has_val": val_ds is not None,
