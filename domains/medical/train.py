@@ -115,7 +115,11 @@ def _to_tensors(batch: Mapping[str, Any], device) -> dict[str, torch.Tensor]:
     for k in (*MODEL_INPUT_KEYS, "label"):
         if k in batch:
             v = batch[k]
-            out[k] = (v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))).to(device)
+            if not isinstance(v, torch.Tensor):
+                v = np.asarray(v)
+                # Ray hands out read-only views of its object store; torch wants writable memory
+                v = torch.from_numpy(v if v.flags.writeable else v.copy())
+            out[k] = v.to(device)
     return out
 
 
