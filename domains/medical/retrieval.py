@@ -10,12 +10,13 @@ pseudonymised ids, the label and the modalities: no PHI reaches the index.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from raylens.models.clip import file_sha256
 
 from .train import MODEL_INPUT_KEYS
 
@@ -27,11 +28,7 @@ INDEX_METADATA_COLUMNS = ("study_uid", "patient_id", "label", "modalities")
 
 def file_hash(path: str | Path, n: int = 16) -> str:
     """First ``n`` hex digits of a file's sha256 (the checkpoint hash recorded in the index)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
+    return file_sha256(path, n)
 
 
 @torch.no_grad()
