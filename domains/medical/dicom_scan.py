@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -64,9 +64,15 @@ class SliceHeader:
     """Kept only to show that sorting does not use it."""
     label: int | None = None
     """Label looked up at ingest from the caller's table, or None."""
+    pixel_offset: int | None = None
+    """Byte offset of the PixelData element when the pixels are plain (uncompressed grey-scale with
+    BitsStored == BitsAllocated and no LUT sequence): the volume pass then reads just those bytes
+    instead of parsing the header again. None means: decode with pydicom."""
+    pixel_dtype: str | None = None
+    """NumPy dtype of those plain pixels (``"<u2"``, ``">i2"``, ...), with ``pixel_offset``."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # flat: no deep copy needed
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SliceHeader":
@@ -77,7 +83,7 @@ class SliceHeader:
                 v = tuple(float(x) for x in v)
             elif f.name in ("frame", "n_frames", "rows", "cols", "samples_per_pixel"):
                 v = int(v)
-            elif f.name in ("instance_number", "label") and v is not None:
+            elif f.name in ("instance_number", "label", "pixel_offset") and v is not None:
                 v = int(v)
             elif f.name in ("slice_thickness",) and v is not None:
                 v = float(v)
@@ -169,6 +175,9 @@ _FAST_TAGS: dict[str, tuple[int, str]] = {
     "SamplesPerPixel": (0x00280002, "US"),
     "Rows": (0x00280010, "US"),
     "Columns": (0x00280011, "US"),
+    "BitsAllocated": (0x00280100, "US"),
+    "BitsStored": (0x00280101, "US"),
+    "PixelRepresentation": (0x00280103, "US"),
     "RescaleIntercept": (0x00281052, "DS"),
     "RescaleSlope": (0x00281053, "DS"),
 }
@@ -312,18 +321,41 @@ def read_header(
         raise ValueError(f"label_key must be one of {LABEL_KEYS}, got {label_key!r}")
     path = str(path)
     try:
-        ds = pydicom.dcmread(opener(path) if opener else path, stop_before_pixels=True)
+        with opener(path) if opener else open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            offset = fp.tell()  # pydicom stops at the start of the PixelData element
     except InvalidDicomError:
         raise NotDicomError("not a DICOM file (no DICM preamble)") from None
     except Exception as e:  # truncated or corrupt files raise many types inside pydicom
         raise NotDicomError(f"unreadable DICOM header ({type(e).__name__})") from None
     try:
-        return _headers_of(ds, path, pseudo, labels, label_key)
+        headers = _headers_of(ds, path, pseudo, labels, label_key)
+        dtype = _plain_pixel_dtype(ds, headers[0].transfer_syntax)
+        if dtype is not None:
+            for h in headers:
+                h.pixel_offset, h.pixel_dtype = int(offset), dtype
+        return headers
     except DicomError:
         raise
     except Exception as e:  # malformed values (a bad DS string, a short sequence, ...); the message is
         # left out because pydicom quotes the offending value, which may be PHI
         raise DicomError(f"malformed DICOM header ({type(e).__name__})") from None
+
+
+PLAIN_PIXEL_SYNTAXES = {"1.2.840.10008.1.2": "<", "1.2.840.10008.1.2.1": "<", "1.2.840.10008.1.2.2": ">"}
+"""Uncompressed transfer syntaxes (with their byte order) whose pixels can be read as raw bytes."""
+
+
+def _plain_pixel_dtype(ds, transfer_syntax: str) -> str | None:
+    """The dtype of plain pixel bytes, or None when pydicom must decode (see ``SliceHeader.pixel_offset``)."""
+    order = PLAIN_PIXEL_SYNTAXES.get(transfer_syntax)
+    if order is None or "ModalityLUTSequence" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        return None
+    bits = _fast(ds, "BitsAllocated")
+    if bits not in (8, 16, 32) or _fast(ds, "BitsStored", bits) != bits or _fast(ds, "SamplesPerPixel", 1) != 1:
+        return None
+    kind = "i" if _fast(ds, "PixelRepresentation", 0) == 1 else "u"
+    return f"{order}{kind}{bits // 8}"
 
 
 def _headers_of(ds, path: str, pseudo: Pseudonymizer, labels, label_key: str) -> list[SliceHeader]:

@@ -54,13 +54,9 @@ def fusion_train_loop(loop_config: dict[str, Any]) -> None:
     rank = ctx.get_world_rank()
     shard = ray.train.get_dataset_shard("train")
     val_arrays = None
-    val_shard = ray.train.get_dataset_shard("val") if loop_config.get("has_val") else None
-    if val_shard is not None and rank == 0:
-        batches = list(val_shard.iter_batches(batch_size=256, batch_format="numpy"))
+    if loop_config.get("has_val") and rank == 0:  # "val" is not split: rank 0 reads all of it
+        batches = list(ray.train.get_dataset_shard("val").iter_batches(batch_size=256, batch_format="numpy"))
         val_arrays = {k: np.concatenate([b[k] for b in batches]) for k in _COLUMNS} if batches else None
-    elif val_shard is not None:
-        for _ in val_shard.iter_batches(batch_size=256):  # every worker must consume its stream
-            pass
 
     def batches(epoch: int):
         return shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",

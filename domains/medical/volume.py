@@ -25,6 +25,8 @@ from .geometry import GeometryTolerance, affine, sort_slices
 __all__ = [
     "SeriesVolume",
     "load_series",
+    "read_plain_pixels",
+    "native_pixels",
     "apply_rescale",
     "check_decoder",
     "DECODER_PACKAGES",
@@ -224,6 +226,38 @@ def native_pixels(ds, transfer_syntax: str) -> np.ndarray | None:
     return arr.reshape((frames, rows, cols) if frames > 1 else (rows, cols))
 
 
+def read_plain_pixels(path: str, header: SliceHeader, *, opener=None) -> np.ndarray | None:
+    """The pixels of a file whose header pass found plain pixel data (``header.pixel_offset``).
+
+    Reads the PixelData element at the recorded offset and checks its tag and length; returns
+    ``(frames, rows, cols)`` (or ``(rows, cols)``), or None if anything differs from the header
+    (then pydicom decodes the file as usual).
+    """
+    if header.pixel_offset is None or not header.pixel_dtype:
+        return None
+    dtype = np.dtype(header.pixel_dtype)
+    big = dtype.byteorder == ">"
+    implicit = header.transfer_syntax == "1.2.840.10008.1.2"
+    count = header.rows * header.cols * header.n_frames
+    with opener(path) if opener else open(path, "rb") as f:
+        f.seek(header.pixel_offset)
+        head = f.read(8 if implicit else 12)
+        if len(head) < (8 if implicit else 12):
+            return None
+        group, elem = (int.from_bytes(head[0:2], "big" if big else "little"),
+                       int.from_bytes(head[2:4], "big" if big else "little"))
+        if (group, elem) != (0x7FE0, 0x0010):
+            return None
+        length = int.from_bytes(head[4:8] if implicit else head[8:12], "big" if big else "little")
+        if length == 0xFFFFFFFF or length < count * dtype.itemsize:
+            return None  # encapsulated or short: let pydicom handle (and report) it
+        raw = f.read(count * dtype.itemsize)
+    if len(raw) < count * dtype.itemsize:
+        return None
+    arr = np.frombuffer(raw, dtype=dtype, count=count)
+    return arr.reshape((header.n_frames, header.rows, header.cols) if header.n_frames > 1 else (header.rows, header.cols))
+
+
 def _read_pixels(path: str, transfer_syntax: str, deidentifier=None, deid_root: str | None = None, opener=None):
     import pydicom
 
@@ -298,8 +332,12 @@ def load_series(
     for k, h in enumerate(ordered):
         by_path.setdefault(h.path, []).append(k)
     volume = np.empty((len(ordered), h0.rows, h0.cols), dtype=np.float32)
+    copies = deidentifier is not None and deid_output_dir is not None
     for path, ks in by_path.items():
-        arr, lut = _read_pixels(path, ordered[ks[0]].transfer_syntax, deidentifier, deid_output_dir, opener)
+        arr = None if copies else read_plain_pixels(path, ordered[ks[0]], opener=opener)
+        lut = None
+        if arr is None:
+            arr, lut = _read_pixels(path, ordered[ks[0]].transfer_syntax, deidentifier, deid_output_dir, opener)
         n_frames = ordered[ks[0]].n_frames
         if n_frames > 1 and arr.ndim == 2:
             arr = arr[None]
