@@ -35,6 +35,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
         logging_level=logging.WARNING if quiet else logging.INFO,
         log_to_driver=True,
     )
+    if quiet:
+        # Ray Train's controller and Ray Data's split coordinator run their own executions: without
+        # this, each epoch of a training shard prints a "Dataset ... execution finished" line.
+        kwargs["runtime_env"] = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
     if address:
         ctx = ray.init(address=address, **kwargs)
     else:

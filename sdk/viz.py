@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["plot_training_curve", "plot_search_grid", "write_history_csv"]
+__all__ = ["plot_training_curve", "plot_search_grid", "plot_confusion", "write_history_csv"]
 
 
 def _plt():
@@ -40,13 +40,19 @@ def write_history_csv(history: Sequence[dict[str, Any]], path: str | Path) -> Pa
     return path
 
 
+EVAL_PREFIXES = ("zeroshot_", "i2t_R@", "t2i_R@")
+
+
 def plot_training_curve(history: Sequence[dict[str, Any]], path: str | Path, *, title: str = "CLIP training") -> Path:
-    """Loss (and learning rate) against step, as a PNG."""
+    """Loss (and learning rate) against step, as a PNG; eval metrics (zero-shot accuracy, recall@K),
+    when the history has them, in a second panel."""
     if not history:
         raise ValueError("history is empty: nothing to plot")
     plt = _plt()
     steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    evals = [k for k in dict.fromkeys(k for h in history for k in h) if k.startswith(EVAL_PREFIXES)]
+    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(12 if evals else 7, 4), dpi=110, squeeze=False)
+    ax = axes[0][0]
     ax.plot(steps, [h["loss"] for h in history], color="tab:blue", lw=2, label="contrastive loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss", color="tab:blue")
@@ -56,6 +62,40 @@ def plot_training_curve(history: Sequence[dict[str, Any]], path: str | Path, *, 
         ax2.plot(steps, [h["lr"] for h in history], color="tab:orange", lw=1, ls="--", label="learning rate")
         ax2.set_ylabel("learning rate", color="tab:orange")
     ax.set_title(title)
+    if evals:
+        ax = axes[0][1]
+        for k in evals:
+            pts = [(h["step"], h[k]) for h in history if k in h]
+            ax.plot(*zip(*pts), marker="o", ms=3, lw=2 if k == "zeroshot_top1" else 1, label=k)
+        ax.set_xlabel("step")
+        ax.set_ylabel("held-out metric")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="lower right")
+        ax.set_title("evaluation")
+    return _save(plt, fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | Path, *, title: str = "confusion") -> Path:
+    """A confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
+    matrix = np.asarray(matrix)
+    if matrix.shape != (len(classes), len(classes)):
+        raise ValueError(f"a {len(classes)}-class confusion matrix must be {len(classes)}x{len(classes)}, got {matrix.shape}")
+    plt = _plt()
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * n, 0.8 + 0.45 * n), dpi=110)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=90 if max(map(len, classes)) > 3 else 0)
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = matrix.max() or 1
+    for i in range(n):
+        for j in range(n):
+            if matrix[i, j]:
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] > top / 2 else "black")
+    ax.set_title(title, fontsize=9)
     return _save(plt, fig, path)
 
 

@@ -113,7 +113,10 @@ class ClipModel:
         state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE))
         self.checkpoint_hash = file_sha256(directory / WEIGHTS_FILE)
-        config = {"model": self.spec.to_dict(), "open_clip": open_clip.get_model_config(self.spec.open_clip_name),
+        oc_cfg = dict(open_clip.get_model_config(self.spec.open_clip_name) or {})
+        if getattr(self.model, "logit_bias", None) is not None:
+            oc_cfg.setdefault("init_logit_bias", float(self.model.logit_bias.detach().reshape(-1)[0]))
+        config = {"model": self.spec.to_dict(), "open_clip": oc_cfg,
                   "checkpoint_hash": self.checkpoint_hash, **(extra or {})}
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
         return directory
@@ -145,12 +148,24 @@ def _spec_for(name: str, open_clip_name: str) -> ModelSpec:
 def _build(name: str, open_clip_name: str, pretrained: str | None, **overrides: Any) -> ClipModel:
     spec = _spec_for(name, open_clip_name)
     weights, digest = _resolve_weights(pretrained, spec)
+    if "init_logit_bias" not in overrides and _has_logit_bias(weights) \
+            and open_clip.get_model_config(open_clip_name).get("init_logit_bias") is None:
+        overrides["init_logit_bias"] = 0.0  # a SigLIP-trained checkpoint: the loaded value replaces it
     logging.getLogger("root").disabled = True  # open_clip warns at root level about random init
     try:
         model = open_clip.create_model(open_clip_name, pretrained=weights, output_dict=True, **overrides)
     finally:
         logging.getLogger("root").disabled = False
     return ClipModel(spec, model, digest)
+
+
+def _has_logit_bias(weights: str | None) -> bool:
+    if not weights or not weights.endswith(".safetensors") or not Path(weights).is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(weights, framework="pt") as f:
+        return "logit_bias" in f.keys()
 
 
 def _resolve_weights(pretrained: str | None, spec: ModelSpec) -> tuple[str | None, str]:
@@ -185,6 +200,16 @@ def clip_tiny(pretrained: str | None = None, **overrides: Any) -> ClipModel:
 @register_model("clip-small", doc="Small CLIP (ViT at 64px, 4-layer text tower), for GPU or patient CPU runs.")
 def clip_small(pretrained: str | None = None, **overrides: Any) -> ClipModel:
     return _build("clip-small", "raylens-clip-small", pretrained, **overrides)
+
+
+@register_model("siglip-tiny", doc="clip-tiny with SigLIP's learnable logit bias: train it with loss='siglip'.")
+def siglip_tiny(pretrained: str | None = None, **overrides: Any) -> ClipModel:
+    return _build("siglip-tiny", "raylens-siglip-tiny", pretrained, **overrides)
+
+
+def open_clip_arch(name: str) -> str:
+    """The open_clip architecture a model name is built from (``clip-tiny`` -> ``raylens-clip-tiny``)."""
+    return f"raylens-{name}" if name in MODELS else name
 
 
 def list_models(pattern: str = "*") -> list[str]:

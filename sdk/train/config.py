@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["ClipTrainConfig"]
+__all__ = ["ClipTrainConfig", "LOSSES", "PRECISIONS", "DEFAULT_TEMPLATES"]
+
+LOSSES = ("clip", "siglip")
+PRECISIONS = ("fp32", "amp", "amp_bf16", "bf16")
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
 @dataclass
@@ -36,6 +40,33 @@ class ClipTrainConfig:
     """Report metrics every N steps (``ray.train.report`` is a barrier: every worker calls it)."""
     checkpoint_every: int = 0
     """Also checkpoint every N steps (0: only at the end)."""
+    loss: str = "clip"
+    """``clip`` (softmax InfoNCE, open_clip ``ClipLoss``) or ``siglip`` (pairwise sigmoid, ``SigLipLoss``;
+    the model gets a learnable ``logit_bias`` initialised to -10)."""
+    accum_steps: int = 1
+    """Gradient accumulation: each optimizer step sees ``accum_steps`` micro-batches of ``batch_size``.
+    Features of the whole accumulated batch are cached (as open_clip's ``--accum-freq``), so the
+    contrastive loss still sees every negative of the large batch."""
+    grad_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+    precision: str = "fp32"
+    """``fp32``; ``amp`` (fp16 autocast + GradScaler, CUDA); ``amp_bf16`` (bf16 autocast, CUDA or CPU);
+    ``bf16`` is an alias of ``amp_bf16``. ``amp`` falls back to fp32 on CPU (fp16 CPU kernels are slow)."""
+    grad_clip_norm: float | None = None
+    """Clip the global gradient norm to this value (None: no clipping)."""
+    lock_image: bool = False
+    """Freeze the image tower (LiT-style fine-tuning); ``lock_image_unlocked_groups`` last groups stay trainable."""
+    lock_image_unlocked_groups: int = 0
+    lock_text: bool = False
+    """Freeze the text tower; ``lock_text_unlocked_layers`` last layers stay trainable."""
+    lock_text_unlocked_layers: int = 0
+    eval_every: int = 0
+    """Evaluate (zero-shot accuracy, retrieval recall) every N steps and at the end; 0: only at the
+    end when eval data is given."""
+    zeroshot_classes: list[str] | None = None
+    """Class names for zero-shot accuracy; eval rows carry ``label`` (index into this list)."""
+    zeroshot_templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    """Prompt templates with one ``{}`` for the class name; their embeddings are averaged per class."""
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "log_every"):
@@ -49,6 +80,23 @@ class ClipTrainConfig:
             raise ValueError(f"`warmup_steps` must be in [0, max_steps={self.max_steps}), got {self.warmup_steps}")
         if self.weight_decay < 0:
             raise ValueError(f"`weight_decay` must be >= 0, got {self.weight_decay}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"`loss` must be one of {LOSSES}, got {self.loss!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"`precision` must be one of {PRECISIONS}, got {self.precision!r}")
+        if not isinstance(self.accum_steps, int) or self.accum_steps < 1:
+            raise ValueError(f"`accum_steps` must be a positive integer, got {self.accum_steps!r}")
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            raise ValueError(f"`grad_clip_norm` must be > 0 or None, got {self.grad_clip_norm}")
+        if self.eval_every < 0:
+            raise ValueError(f"`eval_every` must be >= 0 (0 = only at the end), got {self.eval_every}")
+        if self.lock_image and self.lock_text and self.lock_image_unlocked_groups == 0 and self.lock_text_unlocked_layers == 0:
+            raise ValueError("both towers are locked with nothing unlocked: there is nothing left to train")
+        bad = [t for t in self.zeroshot_templates if t.count("{}") != 1]
+        if bad or not self.zeroshot_templates:
+            raise ValueError(f"each zero-shot template needs exactly one '{{}}' for the class name, got {bad or 'none'}")
+        if self.zeroshot_classes is not None and len(self.zeroshot_classes) < 2:
+            raise ValueError(f"zero-shot needs at least 2 classes, got {self.zeroshot_classes}")
         if self.checkpoint_every < 0:
             raise ValueError(f"`checkpoint_every` must be >= 0 (0 = only at the end), got {self.checkpoint_every}")
 
