@@ -56,12 +56,12 @@ def open_source(spec: str, preprocess: Callable[[np.ndarray], np.ndarray], *, sp
         ci = read_captioned_images(path, preprocess, split=split)
         return Source(ci.dataset, str(path), None, ci.report)
     if path.is_dir():
-        from raylens.data.ray_reader import read_image_folder
+        from raylens.data.ray_folders import read_image_folder
 
         folder = read_image_folder(path, preprocess)
         return Source(folder.dataset, str(path), folder.classes, folder.report)
     if ".tar" in spec:
-        from raylens.data.ray_reader import read_webdataset
+        from raylens.data.ray_webdataset import read_webdataset
 
         wds = read_webdataset(spec, preprocess)
         return Source(wds.dataset, spec, None, wds.report)
