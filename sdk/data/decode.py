@@ -5,14 +5,36 @@ This is the plain function the Ray Data reader maps over blocks; it never raises
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from raylens.data.images import BadImage, ClipPreprocess, decode_image
+from raylens.data.images import BadImage, decode_image
 from raylens.data.report import SkippedRow
 
-__all__ = ["decode_captioned_batch"]
+__all__ = ["ImageTransform", "decode_captioned_batch", "apply_transform"]
+
+
+class ImageTransform(Protocol):
+    """What readers accept as ``preprocess``: ``ClipPreprocess`` (eval) or ``TrainAugment`` (train).
+
+    ``transform(image)`` maps one ``(H, W, 3)`` uint8 array to ``(3, S, S)`` float32. A transform with
+    ``keyed = True`` is random and also takes ``key=`` (the row's path) and ``epoch=`` (how many times
+    the row was read before), which seed its randomness.
+    """
+
+    image_size: int
+
+    def __call__(self, image: np.ndarray) -> np.ndarray: ...
+
+
+def apply_transform(preprocess: ImageTransform, image: np.ndarray, key: str, epoch: int = 0) -> np.ndarray:
+    """``preprocess(image)``, passing ``key`` and ``epoch`` to keyed (random) transforms."""
+    if getattr(preprocess, "keyed", False):
+        return preprocess(image, key=key, epoch=epoch)
+    return preprocess(image)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -20,13 +42,15 @@ def _read_bytes(path: str) -> bytes:
 
 
 def decode_captioned_batch(
-    batch: dict[str, np.ndarray], preprocess: ClipPreprocess, *, require_caption: bool = True
+    batch: dict[str, np.ndarray], preprocess: ImageTransform, *, require_caption: bool = True,
+    epochs: Sequence[int] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[SkippedRow]]:
     """Decode and preprocess each row of ``batch``.
 
     Input columns: ``path`` and, optionally, ``image_bytes`` (used instead of reading ``path``) and
     ``caption``; every other column is carried through. Output adds ``image`` (N, 3, S, S) float32
     and drops ``image_bytes``. Rows that cannot be used are left out and returned as skips.
+    ``epochs`` (one per row, default 0) is passed with the path to keyed transforms.
     """
     paths = [str(p) for p in batch["path"]]
     n = len(paths)
@@ -41,7 +65,8 @@ def decode_captioned_batch(
             continue
         try:
             data = raw[i] if raw is not None and raw[i] is not None else _read_bytes(path)
-            images.append(preprocess(decode_image(bytes(data))))
+            image = decode_image(bytes(data))
+            images.append(apply_transform(preprocess, image, path, epochs[i] if epochs is not None else 0))
         except FileNotFoundError:
             skipped.append(SkippedRow(path, "file not found"))
             continue
