@@ -33,6 +33,10 @@ class TrainJob:
     workdir: Path = Path("raylens-train")
     templates: list[str] | None = None
     """Zero-shot prompt templates; None: the eval source's own, else the config's."""
+    augment: bool = False
+    """Train-time augmentation (open_clip's RandomResizedCrop) on the training images."""
+    hflip: bool = False
+    randaugment: bool = False
 
 
 def _final_table(result: TrainResult) -> Table:
@@ -70,7 +74,15 @@ def run_train_job(job: TrainJob, cfg: ClipTrainConfig, opts: RayTrainOptions, co
     console = console or Console()
     init_ray()
     preprocess = create_model(cfg.model).preprocess
-    train = open_source(job.train, preprocess, split=job.train_split, seed=cfg.seed)
+    train_pre = preprocess
+    if job.augment or job.hflip or job.randaugment:
+        from raylens.data.augment import TrainAugment
+
+        if job.train == "digits":
+            raise ValueError("augmentation is for image files (captions, folders, shards); digits train without it")
+        train_pre = TrainAugment(preprocess.image_size, hflip=job.hflip, randaugment=job.randaugment, seed=cfg.seed,
+                                 mean=preprocess.mean, std=preprocess.std)
+    train = open_source(job.train, train_pre, split=job.train_split, seed=cfg.seed)
     evals = None
     if job.eval:
         default_split = "heldout" if job.eval == "digits" else None

@@ -46,7 +46,7 @@ def test_train_from_class_folders_with_zero_shot_on_their_classes(ray_session, t
             Image.fromarray(_coloured(rgb)).save(tmp_path / "data" / name / f"{i}.png")
     (tmp_path / "data" / "red_square" / "broken.png").write_bytes(b"not a png")
     out = CliRunner().invoke(app, ["train", str(tmp_path / "data"), "--eval", str(tmp_path / "data"), "--steps", "3",
-                                   "--batch-size", "16", "--workers", "1", "--warmup-steps", "1",
+                                   "--batch-size", "16", "--workers", "1", "--warmup-steps", "1", "--augment", "--hflip",
                                    "--storage", str(tmp_path / "runs"), "--workdir", str(tmp_path / "work")])
     assert out.exit_code == 0, out.output + repr(out.exception)
     assert "1 skipped" in out.output, out.output   # the broken file, reported
