@@ -38,7 +38,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
     if quiet:
         # Ray Train's controller and Ray Data's split coordinator run their own executions: without
         # this, each epoch of a training shard prints a "Dataset ... execution finished" line.
-        kwargs["runtime_env"] = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
+        kwargs["runtime_env"] = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_DATA_LOG_LEVEL": "WARNING"}}
     if address:
         ctx = ray.init(address=address, **kwargs)
     else:
@@ -56,6 +56,7 @@ def quiet_logs() -> None:
     logging.getLogger().setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*all_gather is deprecated", category=FutureWarning)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
     try:
         from ray.train.v2._internal.execution import context as _train_ctx
 
