@@ -20,3 +20,17 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/python" -m pip install --quiet -e "$root[dev]"
   echo "$want" > "$stamp"
 fi
+# Debian's headless Chromium and its driver, for the search page's browser test (tests/ray/test_serve_search.py).
+# Installed only when missing and when we are root or have password-less sudo; otherwise skipped quietly
+# (the browser test then skips and says why). Nothing is downloaded by Selenium: the test names these paths.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ]; then sudo_cmd=""; elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo_cmd="sudo -n"; else sudo_cmd="skip"; fi
+    if [ "$sudo_cmd" != "skip" ]; then
+      echo "[bootstrap] installing Debian's chromium and chromium-driver (browser test)"
+      $sudo_cmd apt-get update -qq >/dev/null 2>&1 || true
+      DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+        || echo "[bootstrap] could not install chromium; the browser test will skip"
+    fi
+  fi
+fi

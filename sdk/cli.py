@@ -5,6 +5,7 @@
     raylens search INDEX "a red circle" -k 10 [--grid out.png]
     raylens bench embed --json out.json
     raylens models [PATTERN]
+    raylens serve [CONFIG] --index runs/demo/index --port 8000
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def train(
     loss: str = typer.Option("clip", help="clip (softmax, global negatives) or siglip (pairwise sigmoid)."),
     precision: str = typer.Option("fp32", help="fp32, amp (fp16 + GradScaler, CUDA) or amp_bf16."),
     grad_checkpointing: bool = typer.Option(False, help="Trade compute for activation memory."),
+    augment: bool = typer.Option(False, help="Train-time RandomResizedCrop (open_clip's train transform), seeded."),
+    hflip: bool = typer.Option(False, help="Also flip training images left-right at random."),
+    randaugment: bool = typer.Option(False, help="Also apply RandAugment to training images."),
     lock_image: bool = typer.Option(False, help="Freeze the image tower (fine-tune text only)."),
     lock_text: bool = typer.Option(False, help="Freeze the text tower (fine-tune image only)."),
     classes: Optional[str] = typer.Option(None, help="Comma-separated class names for zero-shot eval (default: from the eval data)."),
@@ -154,7 +158,47 @@ def train(
                           log_every=max(1, min(25, steps // 10)), seed=seed)
     opts = RayTrainOptions(num_workers=workers, use_gpu=gpu, name=name, storage_path=storage,
                            max_failures=max_failures, num_to_keep=keep)
-    run_train_job(TrainJob(train=data, eval=eval_data, workdir=workdir, templates=template or None), cfg, opts, console=console)
+    run_train_job(TrainJob(train=data, eval=eval_data, workdir=workdir, templates=template or None,
+                            augment=augment, hflip=hflip, randaugment=randaugment), cfg, opts, console=console)
+
+
+@app.command()
+def serve(
+    config: Optional[Path] = typer.Argument(None, help="Serve config YAML (default: the packaged services/search.yaml)."),
+    index: Optional[str] = typer.Option(None, help="Index dir, or name=dir,name2=dir2 (replaces the config's indices)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="CLIP checkpoint (default: the one in the index manifest)."),
+    host: str = typer.Option("127.0.0.1", help="Address the HTTP proxy binds."),
+    port: int = typer.Option(8000, help="HTTP port."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+):
+    """Start the search service on Ray Serve (autoscaled; the page is at http://HOST:PORT/).
+
+    Runs Serve's own `serve run` on the config with paths made absolute, so `raylens serve` and
+    `serve run services/search.yaml` start the same application."""
+    import os
+    import shutil
+    import sys
+
+    import yaml
+
+    from raylens.serve.config import resolve_config
+    from raylens.serve.ray_apps import load_config, packaged_config
+
+    path = config or packaged_config()
+    cfg = resolve_config(load_config(path), base_dir=Path.cwd(), host=host, port=port, indices=index,
+                         checkpoint=str(checkpoint) if checkpoint else None)
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    if dry_run:
+        typer.echo(text)  # plain, unwrapped YAML
+        return
+    out = Path.home() / ".raylens" / f"serve-{port}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    serve_cli = shutil.which("serve", path=str(Path(sys.executable).parent)) or shutil.which("serve")
+    if serve_cli is None:
+        raise typer.BadParameter("Serve's `serve` command is not installed; pip install 'ray[serve]'")
+    console.print(f"[bold]serve run {out}[/bold]  (page: http://{host}:{port}/)")
+    os.execv(serve_cli, [serve_cli, "run", str(out)])
 
 
 @app.command()

@@ -30,20 +30,15 @@ import os
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from raylens.serve.http import install_error_handlers, read_body, require_api_key
 from raylens.serve.limits import (
-    API_KEY_HEADER,
     ServeError,
     ServeLimits,
-    check_api_key,
     check_batch,
-    check_body_size,
     check_pixels,
-    error_body,
     error_response,
     safe_zip_members,
 )
@@ -53,41 +48,7 @@ __all__ = ["api", "MedicalFusionService", "app", "build_app", "CHECKPOINT_ENV"]
 log = logging.getLogger("raylens.services.medical")
 CHECKPOINT_ENV = "RAYLENS_MEDICAL_CHECKPOINT"
 
-api = FastAPI(title="raylens medical fusion", version="1")
-
-
-@api.exception_handler(ServeError)
-async def _serve_error(request: Request, exc: ServeError):
-    return JSONResponse(error_body(exc.status_code, exc.code, exc.message), status_code=exc.status_code)
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError):
-    return JSONResponse(error_body(422, "invalid_request", "the request does not match the API"), status_code=422)
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException):
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse(error_body(exc.status_code, code, str(exc.detail)), status_code=exc.status_code)
-
-
-async def _read_body(request: Request, limits: ServeLimits) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            check_body_size(int(declared), limits)
-        except ValueError:
-            raise ServeError(400, "bad_content_length", "Content-Length is not a number") from None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limits.max_body_bytes:
-            raise ServeError(413, "body_too_large", f"request body is over the limit of {limits.max_body_bytes} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    check_body_size(len(body), limits)
-    return body
+api = install_error_handlers(FastAPI(title="raylens medical fusion", version="1"))
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=4, ray_actor_options={"num_cpus": 1})
@@ -116,7 +77,7 @@ class MedicalFusionService:
             self.predictor = FusionPredictor.from_checkpoint(checkpoint, deid=deid, threshold=threshold)
 
     def _auth(self, request: Request) -> None:
-        check_api_key(request.headers.get(API_KEY_HEADER) or request.headers.get("authorization"))
+        require_api_key(request)
 
     @api.get("/healthz")
     async def healthz(self, request: Request) -> dict[str, Any]:
@@ -135,7 +96,7 @@ class MedicalFusionService:
             if ctype not in ("application/zip", "application/x-zip-compressed", "application/octet-stream", ""):
                 raise ServeError(415, "unsupported_media_type", "send the DICOM files as a zip archive "
                                  "(Content-Type: application/zip)")
-            body = await _read_body(request, self.limits)
+            body = await read_body(request, self.limits)
             result = await asyncio.to_thread(self._predict_zip, body)
             return JSONResponse(result)
         except Exception as exc:  # every failure becomes a JSON error; bad input is never a 500

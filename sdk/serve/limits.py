@@ -34,7 +34,11 @@ __all__ = [
     "check_body_size",
     "check_pixels",
     "check_batch",
+    "check_k",
+    "check_text",
     "check_api_key",
+    "configured_api_key",
+    "API_KEY_FILE_ENV",
     "is_safe_member_name",
     "safe_zip_members",
     "safe_extract_zip",
@@ -44,8 +48,14 @@ __all__ = [
 
 API_KEY_ENV = "RAYLENS_API_KEY"
 """When this environment variable is set, requests must carry its value (see :func:`check_api_key`)."""
+API_KEY_FILE_ENV = "RAYLENS_API_KEY_FILE"
+"""Or a file holding the key (first line; read when no ``RAYLENS_API_KEY`` is set)."""
 API_KEY_HEADER = "x-api-key"
 """Request header holding the API key (``Authorization: Bearer <key>`` is accepted too)."""
+
+
+_INT_FIELDS = ("max_body_bytes", "max_pixels", "max_batch", "max_files", "max_uncompressed_bytes", "max_k",
+               "max_text_chars")
 
 
 @dataclass(frozen=True)
@@ -64,9 +74,13 @@ class ServeLimits:
     """Most bytes an uploaded archive may expand to (413 above)."""
     max_compression_ratio: float = 200.0
     """Largest uncompressed/compressed ratio of one archive member (zip-bomb guard; 413 above)."""
+    max_k: int = 100
+    """Most results one search may ask for (422 above)."""
+    max_text_chars: int = 1000
+    """Longest text query, in characters (413 above)."""
 
     def __post_init__(self):
-        for name in ("max_body_bytes", "max_pixels", "max_batch", "max_files", "max_uncompressed_bytes"):
+        for name in _INT_FIELDS:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -77,10 +91,13 @@ class ServeLimits:
     def from_env(cls, prefix: str = "RAYLENS_") -> "ServeLimits":
         """Defaults overridden by ``RAYLENS_MAX_BODY_BYTES``, ``RAYLENS_MAX_PIXELS``, ... when set."""
         kw: dict[str, Any] = {}
-        for name in ("max_body_bytes", "max_pixels", "max_batch", "max_files", "max_uncompressed_bytes"):
+        for name in _INT_FIELDS:
             v = os.environ.get(prefix + name.upper())
             if v:
-                kw[name] = int(v)
+                try:
+                    kw[name] = int(v)
+                except ValueError:
+                    raise ValueError(f"{prefix + name.upper()} must be an integer, got {v!r}") from None
         v = os.environ.get(prefix + "MAX_COMPRESSION_RATIO")
         if v:
             kw["max_compression_ratio"] = float(v)
@@ -124,13 +141,50 @@ def check_batch(n_items: int, limits: ServeLimits) -> None:
         raise ServeError(400, "empty_batch", "the request holds no items")
 
 
+def check_k(k: int, limits: ServeLimits) -> None:
+    """422 unless ``k`` is an int in ``[1, max_k]``."""
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= limits.max_k:
+        raise ServeError(422, "bad_k", f"k must be an integer from 1 to {limits.max_k}, got {k!r}")
+
+
+def check_text(text: str, limits: ServeLimits, *, field: str = "text") -> None:
+    """400 for a blank text, 413 for one over ``max_text_chars``."""
+    if not text.strip():
+        raise ServeError(400, "empty_text", f"`{field}` is empty; type some words, e.g. 'a red circle'")
+    if len(text) > limits.max_text_chars:
+        raise ServeError(413, "text_too_long", f"`{field}` has {len(text)} characters, over the limit of "
+                         f"{limits.max_text_chars}")
+
+
+def configured_api_key(env_var: str = API_KEY_ENV, file_env_var: str = API_KEY_FILE_ENV) -> str | None:
+    """The API key from ``env_var``, else the first line of the file named by ``file_env_var``, else None.
+
+    A key file that is named but unreadable or empty raises ``ValueError`` (fail closed, never open).
+    """
+    key = os.environ.get(env_var)
+    if key:
+        return key
+    path = os.environ.get(file_env_var)
+    if not path:
+        return None
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ValueError(f"{file_env_var}={path!r} cannot be read ({e.strerror}); fix the path or unset it") from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise ValueError(f"{file_env_var}={path!r} is empty; write the key on its first line")
+    return key
+
+
 def check_api_key(provided: str | None, *, env_var: str = API_KEY_ENV, expected: str | None = None) -> None:
-    """401 unless ``provided`` equals the key in ``env_var`` (no key configured: every request passes).
+    """401 unless ``provided`` equals the configured key (see :func:`configured_api_key`; none: every
+    request passes).
 
     ``provided`` may be the raw key or an ``Authorization`` value ``"Bearer <key>"``.
     The comparison takes constant time.
     """
-    key = expected if expected is not None else os.environ.get(env_var)
+    key = expected if expected is not None else configured_api_key(env_var)
     if not key:
         return
     if provided and provided.lower().startswith("bearer "):

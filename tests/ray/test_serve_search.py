@@ -1,0 +1,365 @@
+"""The search service on a real local Serve app, over real HTTP on 127.0.0.1: search, embed, classify
+(A/B), safety limits, API key, index swap under load, Prometheus metrics, schemathesis, and a real
+headless Chromium driving the search page."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+KEY = "serve-test-key-0123456789"
+AUTH = {"x-api-key": KEY}
+APP = "raylens-search-test"
+SHAPES = ["circle", "square", "triangle", "star", "cross"]
+LIMITS = {"max_body_bytes": 300_000, "max_pixels": 250_000, "max_batch": 4, "max_k": 20, "max_text_chars": 200}
+SPLIT = {"v1": 0.75, "v2": 0.25}
+
+
+def _png(w: int, h: int, colour=(10, 200, 10)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _build_index(model, rows: list[dict], root: Path, directory: Path, ckpt: Path) -> Path:
+    from raylens.data.images import decode_image
+    from raylens.index import VectorIndex
+
+    images = [decode_image((root / r["path"]).read_bytes()) for r in rows]
+    vectors = model.encode_images(model.preprocess.batch(images))
+    meta = {"path": [str(root / r["path"]) for r in rows],
+            **{k: [r[k] for r in rows] for k in ("caption", "shape", "colour", "size")}}
+    VectorIndex.build(vectors, meta, model="clip-tiny", checkpoint_hash=model.checkpoint_hash,
+                      checkpoint=str(ckpt), index_factory="Flat").save(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Shapes images, a clip-tiny checkpoint, two indices of them, a timm classifier, an API key file."""
+    import csv
+
+    import timm
+
+    from raylens.models import create_model
+    from raylens.serve.classify import save_timm_classifier
+    from raylens_domains.natural.shapes import generate_shapes
+
+    root = tmp_path_factory.mktemp("serve")
+    data = generate_shapes(root / "shapes", n_train=0, n_heldout=40, seed=5)
+    rows = list(csv.DictReader(data.captions_path.open()))
+    create_model("clip-tiny").save(root / "clip")
+    model = create_model("clip-tiny", pretrained=str(root / "clip"))
+    index = _build_index(model, rows, data.root, root / "index", root / "clip")
+    index_v2 = _build_index(model, rows[:25], data.root, root / "index-v2", root / "clip")
+    save_timm_classifier(timm.create_model("test_resnet", pretrained=False, num_classes=3), root / "timm",
+                         arch="test_resnet", classes=["red", "green", "blue"], image_size=32)
+    (root / "key").write_text(KEY + "\n")
+    return {"root": root, "rows": rows, "images": data.root, "clip": root / "clip", "index": index,
+            "index_v2": index_v2, "timm": root / "timm", "key_file": root / "key"}
+
+
+def _config(assets, port: int) -> dict:
+    """services/search.yaml with this test's paths, port, limits and API key file."""
+    from raylens.serve.ray_apps import load_config
+
+    cfg = load_config()  # the packaged services/search.yaml, checked against Serve's schema
+    cfg["http_options"] = {"host": "127.0.0.1", "port": port}
+    app = cfg["applications"][0]
+    app["name"] = APP
+    app["args"] = {"indices": {"shapes": str(assets["index"])},
+                   "classifiers": {"v1": {"checkpoint": str(assets["timm"]), "weight": SPLIT["v1"]},
+                                   "v2": {"weight": SPLIT["v2"], "classes": SHAPES, "templates": ["a {} shape"]}},
+                   "limits": LIMITS}
+    deployments = {d["name"]: d for d in app["deployments"]}
+    deployments["ClipEmbedder"]["autoscaling_config"]["max_replicas"] = 2
+    deployments["SearchIngress"]["ray_actor_options"]["runtime_env"] = {
+        "env_vars": {"RAYLENS_API_KEY_FILE": str(assets["key_file"])}}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, assets):
+    """The search app deployed from the serve config with `serve run`, on a free port; removed at the end."""
+    from ray import serve
+
+    from raylens.serve.ray_apps import run_config, start_http, wait_ready
+
+    port = start_http("127.0.0.1")
+    cfg = _config(assets, port)
+    run_config(cfg)
+    url = f"http://127.0.0.1:{port}"
+    health = wait_ready(f"{url}/healthz", timeout_s=180)
+    try:
+        yield {"url": url, "health": health, "config": cfg}
+    finally:
+        serve.delete(APP)
+        serve.shutdown()
+
+
+def _post(url: str, **kw) -> requests.Response:
+    kw.setdefault("timeout", 60)
+    kw["headers"] = {**AUTH, **kw.get("headers", {})}
+    return requests.post(url, **kw)
+
+
+def test_health_and_indices(service):
+    h = service["health"]
+    assert h["ready"], h["problems"]
+    assert h["indices"] == ["shapes"] and set(h["classifier_versions"]) == {"v1", "v2"}
+    r = requests.get(f"{service['url']}/indices", headers=AUTH, timeout=30)
+    assert r.status_code == 200
+    info = r.json()["indices"]["shapes"]
+    assert info["count"] == 40 and info["dim"] == 128 and {"shape", "colour"} <= set(info["columns"])
+
+
+def test_search_by_text_image_and_embedding_with_filters(service, assets):
+    url = service["url"]
+    r = _post(f"{url}/search", json={"text": "a red circle", "k": 5})
+    assert r.status_code == 200, r.text
+    assert r.headers.get("x-request-id")  # Serve's request id, also in the replica logs
+    body = r.json()
+    assert body["index"] == "shapes" and body["kind"] == "text" and len(body["hits"]) == 5
+    scores = [h["score"] for h in body["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(h["caption"] and h["metadata"]["shape"] in SHAPES for h in body["hits"])
+
+    r = _post(f"{url}/search", json={"text": "a red circle", "k": 10, "filters": {"shape": "circle"}, "index": "shapes"})
+    assert r.status_code == 200 and r.json()["hits"]
+    assert {h["metadata"]["shape"] for h in r.json()["hits"]} == {"circle"}
+
+    first = assets["rows"][3]
+    png = (assets["images"] / first["path"]).read_bytes()
+    r = _post(f"{url}/search", files={"image": ("q.png", png, "image/png")}, data={"k": "3"})
+    assert r.status_code == 200, r.text
+    top = r.json()["hits"][0]
+    assert top["path"].endswith(first["path"]) and top["score"] == pytest.approx(1.0, abs=1e-4)
+    r = _post(f"{url}/search", json={"image_b64": base64.b64encode(png).decode(), "k": 1})
+    assert r.json()["hits"][0]["id"] == top["id"]
+
+    emb = _post(f"{url}/embed", json={"texts": ["a red circle", "a blue star"]})
+    assert emb.status_code == 200 and emb.json()["dim"] == 128 and len(emb.json()["embeddings"]) == 2
+    by_vec = _post(f"{url}/search", json={"embedding": emb.json()["embeddings"][0], "k": 5})
+    assert [h["id"] for h in by_vec.json()["hits"]] == [h["id"] for h in body["hits"]]
+    r = _post(f"{url}/embed", json={"images_b64": [base64.b64encode(png).decode()]})
+    assert r.status_code == 200 and len(r.json()["embeddings"][0]) == 128
+
+    img = requests.get(f"{url}/images/shapes/{top['id']}", headers=AUTH, timeout=30)
+    assert img.status_code == 200 and img.headers["content-type"] == "image/png" and img.content == png
+
+
+def test_safety_limits_give_json_4xx(service):
+    url = service["url"]
+    big = _png(600, 600)  # 360k pixels > max_pixels, and a small file
+    cases = {
+        "no key": (requests.post(f"{url}/search", json={"text": "a"}, timeout=30), 401),
+        "wrong key": (requests.post(f"{url}/search", json={"text": "a"}, headers={"x-api-key": "no"}, timeout=30), 401),
+        "body size": (_post(f"{url}/search", data=b"{" + b" " * 300_001 + b"}",
+                            headers={"content-type": "application/json"}), 413),
+        "pixels": (_post(f"{url}/search", files={"image": ("big.png", big, "image/png")}), 413),
+        "k": (_post(f"{url}/search", json={"text": "a", "k": 21}), 422),
+        "k zero": (_post(f"{url}/search", json={"text": "a", "k": 0}), 422),
+        "batch": (_post(f"{url}/embed", json={"texts": ["a"] * 5}), 413),
+        "classify batch": (_post(f"{url}/classify", files=[("image", ("a.png", _png(8, 8), "image/png"))] * 5), 413),
+        "text length": (_post(f"{url}/search", json={"text": "x" * 201}), 413),
+        "bad json": (_post(f"{url}/search", data=b"{nope", headers={"content-type": "application/json"}), 400),
+        "media type": (_post(f"{url}/search", data=b"text", headers={"content-type": "text/plain"}), 415),
+        "not an image": (_post(f"{url}/search", files={"image": ("x.png", b"GIF89a-junk", "image/png")}), 400),
+        "bad base64": (_post(f"{url}/search", json={"image_b64": "***"}), 400),
+        "unknown index": (_post(f"{url}/search", json={"text": "a", "index": "nope"}), 404),
+        "unknown filter column": (_post(f"{url}/search", json={"text": "a", "filters": {"nope": 1}}), 422),
+        "wrong dim": (_post(f"{url}/search", json={"embedding": [1.0, 2.0]}), 422),
+        "unknown route": (requests.get(f"{url}/nope", timeout=30), 404),
+        "unknown image": (requests.get(f"{url}/images/shapes/999999", headers=AUTH, timeout=30), 404),
+    }
+    for name, (resp, status) in cases.items():
+        assert resp.status_code == status, (name, resp.status_code, resp.text)
+        err = resp.json()["error"]
+        assert err["status"] == status and err["message"], name
+    ok = requests.post(f"{url}/search", json={"text": "a"}, headers={"authorization": f"Bearer {KEY}"}, timeout=30)
+    assert ok.status_code == 200
+    # CORS is off by default: no allow-origin header for a cross-origin request
+    r = requests.options(f"{url}/search", headers={"origin": "http://example.test",
+                                                   "access-control-request-method": "POST"}, timeout=30)
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_ab_split_counts_and_per_version_models(service):
+    url = service["url"]
+    png = _png(20, 20)
+    n = 120
+    counts = {"v1": 0, "v2": 0}
+    for _ in range(n):
+        r = _post(f"{url}/classify", files={"image": ("x.png", png, "image/png")})
+        assert r.status_code == 200, r.text
+        counts[r.json()["model_version"]] += 1
+    p = SPLIT["v1"]
+    assert abs(counts["v1"] - n * p) <= 4.5 * (n * p * (1 - p)) ** 0.5, counts
+    a = _post(f"{url}/classify", files={"image": ("x.png", png, "image/png")}, headers={"x-model-version": "v1"}).json()
+    b = _post(f"{url}/classify", json={"images_b64": [base64.b64encode(png).decode()] * 2},
+              headers={"x-model-version": "v2"}).json()
+    assert (a["model_version"], a["kind"], a["predictions"][0]["label"] in ("red", "green", "blue")) == ("v1", "timm", True)
+    assert b["model_version"] == "v2" and b["kind"] == "clip-zero-shot" and len(b["predictions"]) == 2
+    assert set(b["predictions"][0]["probabilities"]) == set(SHAPES)
+    sticky = {_post(f"{url}/classify", files={"image": ("x.png", png, "image/png")},
+                    headers={"x-ab-key": "caller-1"}).json()["model_version"] for _ in range(5)}
+    assert len(sticky) == 1
+    r = _post(f"{url}/classify", files={"image": ("x.png", png, "image/png")}, headers={"x-model-version": "zzz"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_version"
+
+
+def test_index_swap_under_load_drops_no_request(service, assets):
+    """A new user_config loads index v2 and swaps it in while searches keep coming: all of them succeed."""
+    from raylens.serve.ray_apps import run_config
+
+    url = service["url"]
+    statuses: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set() and len(statuses) < 2000:
+            r = _post(f"{url}/search", json={"text": "a green star", "k": 3}, timeout=120)
+            statuses.append(r.status_code)
+            if r.status_code != 200:
+                failures.append(r.text[:300])
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        cfg = json.loads(json.dumps(service["config"]))
+        index_server = next(d for d in cfg["applications"][0]["deployments"] if d["name"] == "IndexServer")
+        index_server["user_config"] = {"indices": {"shapes": str(assets["index_v2"])}}
+        run_config(cfg)  # only a user_config changed: the replica reconfigures in place
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            count = requests.get(f"{url}/indices", headers=AUTH, timeout=30).json()["indices"]["shapes"]["count"]
+            if count == 25:
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        worker.join(timeout=120)
+    assert count == 25
+    assert statuses and set(statuses) == {200}, ({s: statuses.count(s) for s in set(statuses)}, failures[:3])
+
+
+def test_prometheus_metrics_include_serve_and_search(service, ray_session):
+    from raylens.serve.observe import INDEX_VECTORS, SEARCH_LATENCY_MS, exported_name
+
+    port = next(n["MetricsExportPort"] for n in ray_session.nodes() if n["Alive"])
+    _post(f"{service['url']}/search", json={"text": "a red square"})
+    want = [exported_name(SEARCH_LATENCY_MS) + "_bucket", exported_name(INDEX_VECTORS), "ray_serve_num_http_requests"]
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        if all(w in text for w in want):
+            break
+        time.sleep(2)
+    missing = [w for w in want if w not in text]
+    assert not missing, f"not exported: {missing}"
+
+
+def test_structured_logs_carry_the_request_id(service, ray_session):
+    """The config's JSON logging: the ingress's own log line for a search holds Serve's request id."""
+    r = _post(f"{service['url']}/search", json={"text": "a blue triangle", "k": 2})
+    rid = r.headers["x-request-id"]
+    logs = Path(ray_session._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    deadline, found = time.monotonic() + 30, []
+    while time.monotonic() < deadline and not found:
+        for f in logs.glob(f"replica_{APP}_SearchIngress_*.log"):
+            for line in f.read_text(errors="replace").splitlines():
+                if rid in line and "search index=" in line:
+                    found.append(json.loads(line))
+        time.sleep(1)
+    assert found, f"no JSON log line with request id {rid}"
+    assert found[0]["request_id"] == rid and found[0]["route"] == "/search"
+
+
+@pytest.fixture(scope="module")
+def api_schema(service):
+    import schemathesis
+
+    return schemathesis.openapi.from_url(f"{service['url']}/openapi.json")
+
+
+def test_openapi_schema_under_schemathesis_gives_no_5xx(service, api_schema):
+    """Every operation of the live schema, fuzzed by schemathesis (bounded): never a 5xx, errors are JSON."""
+    from hypothesis import HealthCheck, given, settings
+
+    seen: dict[str, int] = {}
+    for result in api_schema.get_all_operations():
+        op = result.ok()
+
+        @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=op.as_strategy())
+        def check(case) -> None:
+            resp = case.call(base_url=service["url"], headers=AUTH, timeout=60)
+            seen[op.label] = seen.get(op.label, 0) + 1
+            assert resp.status_code < 500, (op.label, resp.status_code, resp.text[:300])
+            if resp.status_code >= 400:
+                assert "error" in resp.json(), (op.label, resp.text[:300])
+
+        check()
+    assert {"POST /search", "POST /embed", "POST /classify", "GET /indices", "GET /healthz"} <= set(seen), seen
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium and chromium-driver are not installed "
+                    "(scripts/bootstrap.sh installs them when run as root)")
+def test_search_page_in_headless_chromium(service, tmp_path):
+    """A real browser types a query into the page and result images appear, with scores."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = _chromium()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1200,900", f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)  # no Selenium Manager
+    try:
+        driver.get(service["url"] + "/")
+        driver.find_element(By.ID, "apikey").send_keys(KEY)
+        driver.find_element(By.ID, "filter").send_keys("shape=circle")
+        driver.find_element(By.ID, "query").send_keys("a red circle")
+        driver.find_element(By.ID, "go").click()
+
+        def loaded(d):
+            imgs = d.find_elements(By.CSS_SELECTOR, "#results img.hit-image")
+            return imgs if imgs and all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
+                                        for i in imgs) else False
+
+        images = WebDriverWait(driver, 60).until(loaded)
+        scores = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .score")]
+        captions = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results figcaption")]
+        assert len(images) >= 1 and len(scores) == len(images)
+        assert all(float(s) <= 1.0 for s in scores) and all("circle" in c for c in captions)
+        driver.save_screenshot(str(tmp_path / "page.png"))
+        if os.environ.get("RAYLENS_SCREENSHOT"):
+            shutil.copy(tmp_path / "page.png", os.environ["RAYLENS_SCREENSHOT"])
+    finally:
+        driver.quit()
+
