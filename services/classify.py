@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from raylens.serve.http import returns_bad_input
+
 __all__ = ["Classifier", "app"]
 
 
@@ -53,6 +55,7 @@ class Classifier:
                 "kind": getattr(clf, "kind", None), "classes": getattr(clf, "classes", None),
                 "checkpoint_hash": getattr(clf, "checkpoint_hash", None)}
 
+    @returns_bad_input
     async def predict(self, images: list[np.ndarray]) -> dict[str, Any]:
         """Per image: top label, its probability, the top 5 and (up to 100 classes) every probability."""
         from raylens.serve.limits import ServeError

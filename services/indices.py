@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from raylens.serve.http import returns_bad_input
 from raylens.serve.limits import ServeError
 from raylens.serve.observe import INDEX_VECTORS
 
@@ -88,6 +89,7 @@ class IndexServer:
             d.update(checkpoint_hash=index.manifest.checkpoint_hash, columns=index.columns, path=None)
         return {"default": self.order[0] if self.order else None, "indices": {n: info[n] for n in self.order}}
 
+    @returns_bad_input
     async def search(self, name: str | None, vector: np.ndarray, k: int, filters: dict | None = None) -> dict[str, Any]:
         """Top-``k`` hits (as dicts) of one query vector in index ``name`` (None: the default)."""
         name = self._resolve(name)
@@ -98,6 +100,7 @@ class IndexServer:
         hits = await asyncio.to_thread(index.search, np.asarray(vector, np.float32)[None], k, filters)
         return {"index": name, "hits": [h.to_dict() for h in hits[0]]}
 
+    @returns_bad_input
     async def search_many(self, name: str | None, vectors: np.ndarray, k: int,
                           filters: dict | None = None) -> dict[str, Any]:
         """Top-``k`` hits of each row of ``vectors`` (one FAISS call for the whole batch)."""
@@ -110,6 +113,7 @@ class IndexServer:
         hits = await asyncio.to_thread(index.search, x, k, filters)
         return {"index": name, "hits": [[h.to_dict() for h in row] for row in hits]}
 
+    @returns_bad_input
     async def image_path(self, name: str | None, item_id: int) -> str | None:
         """The ``path`` metadata of one indexed item (None for an unknown id or one without a path)."""
         index = self.catalog.get(self._resolve(name))

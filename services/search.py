@@ -34,7 +34,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from raylens.serve.ab import AB_KEY_HEADER, VERSION_HEADER, TrafficSplit
-from raylens.serve.http import enable_cors, install_error_handlers, json_error, read_body, require_api_key
+from raylens.serve.http import (enable_cors, install_error_handlers, json_error, raise_returned, read_body,
+                                require_api_key)
 from raylens.serve.limits import ServeError, ServeLimits, check_batch
 from raylens.serve.observe import LATENCY_BOUNDARIES_MS, MODEL_LATENCY_MS, REQUESTS, SEARCH_LATENCY_MS
 from raylens.serve.query import (
@@ -168,8 +169,8 @@ class SearchIngress:
                 else:
                     vectors = np.stack([np.asarray(queries[i].embedding, np.float32) for i in idx])
                 # a DeploymentResponse passed on: Serve hands the vectors to the index replica directly
-                res = await self.indices.search_many.remote(first.index, vectors, max(queries[i].k for i in idx),
-                                                            first.filters)
+                res = raise_returned(await self.indices.search_many.remote(
+                    first.index, vectors, max(queries[i].k for i in idx), first.filters))
                 for row, i in zip(res["hits"], idx):
                     out[i] = {"index": res["index"], "hits": row[:queries[i].k]}
             except Exception as exc:  # noqa: BLE001 - handed back to each caller, who maps it to a 4xx/5xx
@@ -281,7 +282,7 @@ class SearchIngress:
                 raise ServeError(400, "unknown_version", str(e.args[0])) from None
             _, images = await self._images(request)
             t0 = time.perf_counter()
-            result = await self.classifiers[version].predict.remote(images)
+            result = raise_returned(await self.classifiers[version].predict.remote(images))
         except Exception as exc:
             return self._fail("classify", exc, version)
         self._model_latency.observe((time.perf_counter() - t0) * 1000, tags={"route": "classify", "version": version})
@@ -293,7 +294,7 @@ class SearchIngress:
                     item_id: int = PathParam(..., ge=0, le=2**62)):
         try:
             require_api_key(request)
-            path = await self.indices.image_path.remote(check_index_name(index), item_id)
+            path = raise_returned(await self.indices.image_path.remote(check_index_name(index), item_id))
             p = Path(path) if path else None
             if p is None or p.suffix.lower() not in IMAGE_TYPES or not p.is_file():
                 raise ServeError(404, "no_image", f"item {item_id} has no image file on this server")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -25,7 +26,7 @@ from raylens.serve.limits import (
 )
 
 __all__ = ["install_error_handlers", "json_error", "read_body", "require_api_key", "enable_cors", "CORS_ENV",
-           "unwrap_remote_error"]
+           "unwrap_remote_error", "returns_bad_input", "raise_returned"]
 
 CORS_ENV = "RAYLENS_CORS_ORIGINS"
 """Comma-separated origins allowed to call the API from a browser (unset: CORS off)."""
@@ -37,6 +38,29 @@ def unwrap_remote_error(exc: BaseException) -> BaseException:
     """The user exception inside a Ray task/actor error (a replica raised it), else ``exc`` itself."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
+
+
+def returns_bad_input(method):
+    """For deployment methods: bad input (``ServeError``, ``ValueError``, ``TypeError``) is *returned*
+    to the caller instead of raised, so the replica does not log a client's mistake as an ERROR with a
+    traceback; the ingress re-raises it with :func:`raise_returned` and answers a JSON 4xx."""
+    import functools
+
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except (ServeError, ValueError, TypeError) as exc:
+            return exc
+
+    return wrapper
+
+
+def raise_returned(value: Any) -> Any:
+    """``value``, or raise it when a :func:`returns_bad_input` method returned an exception."""
+    if isinstance(value, BaseException):
+        raise value
+    return value
 
 
 def json_error(exc: BaseException) -> JSONResponse:

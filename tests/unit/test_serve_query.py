@@ -192,3 +192,24 @@ def test_clip_zero_shot_classifier(tmp_path):
     out = clf.predict([np.zeros((32, 32, 3), np.uint8)])
     assert out[0]["label"] in ("circle", "square") and clf.kind == "clip-zero-shot"
     assert abs(out[0]["probabilities"]["circle"] + out[0]["probabilities"]["square"] - 1) < 1e-5
+
+
+def test_bad_input_is_returned_by_deployments_and_raised_by_the_caller():
+    import asyncio
+
+    from raylens.serve.http import raise_returned, returns_bad_input
+    from raylens.serve.limits import ServeError
+
+    @returns_bad_input
+    async def search(name):
+        if name == "bug":
+            raise RuntimeError("a real bug")  # not bad input: still raised, logged and a 500
+        raise ServeError(404, "unknown_index", f"no index named {name!r}")
+
+    got = asyncio.run(search("nope"))
+    assert isinstance(got, ServeError) and got.status_code == 404
+    with pytest.raises(ServeError, match="no index named"):
+        raise_returned(got)
+    assert raise_returned({"hits": []}) == {"hits": []}
+    with pytest.raises(RuntimeError):
+        asyncio.run(search("bug"))
