@@ -14,7 +14,6 @@ torch's FLOP counter) and the achieved GFLOP/s, to judge against the cores' peak
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ def _steady(history: list[dict[str, Any]]) -> float:
     return float(np.median(rates))
 
 
-def _baseline(cfg, data: dict[str, np.ndarray], threads: int) -> dict[str, Any]:
+def _baseline(cfg, data: dict[str, np.ndarray], threads: int, workdir: Path) -> dict[str, Any]:
     import torch
 
     from raylens.train import LocalContext, train_clip
@@ -53,7 +52,7 @@ def _baseline(cfg, data: dict[str, np.ndarray], threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     try:
         t = time.perf_counter()
-        result = train_clip(cfg, epoch, LocalContext(storage=Path(os.environ.get("TMPDIR", "/tmp"))))
+        result = train_clip(cfg, epoch, LocalContext(storage=workdir / "baseline"))
         return {"samples_per_s": _steady(result.history), "total_s": time.perf_counter() - t}
     finally:
         torch.set_num_threads(before)
@@ -102,7 +101,7 @@ def bench_train_clip(quick: bool, workdir: Path) -> BenchResult:
     total_cpus = ray.cluster_resources().get("CPU", 2)
     # one torch thread per worker, and one CPU left for Ray Data: the same budget for every run
     cpus = max(0.5, (total_cpus - 1) / 2)
-    base = _baseline(cfg, data, threads=1)
+    base = _baseline(cfg, data, threads=1, workdir=workdir)
     one = _ray(cfg, data, 1, workdir, cpus)
     two = _ray(cfg, data, 2, workdir, cpus)
     flops = _flops_per_sample(cfg, data)

@@ -20,6 +20,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module: small convs and MONAI resampling run faster that way, and far
+    faster when other processes share the cores. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray started once per test session (2 CPUs, no dashboard), shut down at the end."""

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["EvalData", "encode_all_images", "zero_shot_weights", "zero_shot_accuracy", "retrieval_recall", "evaluate_clip", "RECALL_KS"]
+__all__ = ["EvalData", "encode_all_images", "zero_shot_weights", "zero_shot_accuracy", "zero_shot_confusion", "retrieval_recall", "evaluate_clip", "RECALL_KS"]
 
 RECALL_KS = (1, 5, 10)
 
@@ -82,6 +82,14 @@ def zero_shot_accuracy(image_features: np.ndarray, labels: np.ndarray, class_wei
     return out
 
 
+def zero_shot_confusion(image_features: np.ndarray, labels: np.ndarray, class_weights: np.ndarray) -> np.ndarray:
+    """(C, C) counts of nearest-prompt predictions: rows the true class, columns the predicted one."""
+    n = class_weights.shape[0]
+    matrix = np.zeros((n, n), np.int64)
+    np.add.at(matrix, (labels, (image_features @ class_weights.T).argmax(1)), 1)
+    return matrix
+
+
 def retrieval_recall(image_features: np.ndarray, text_features: np.ndarray, captions: Sequence[str],
                      ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
     """Recall@K image->text (over the distinct captions) and text->image (one query per distinct caption)."""
@@ -102,9 +110,8 @@ def evaluate_clip(model, data: EvalData, classes: Sequence[str] | None = None,
                   templates: Sequence[str] = ("a photo of a {}.",)) -> dict[str, Any]:
     """Every metric the data allows: retrieval recall always, zero-shot accuracy with classes + labels."""
     img = encode_all_images(model, data.images)
-    txt = model.encode_texts(list(np.unique(data.captions)))
-    uniq = np.unique(data.captions)
-    full_txt = txt[np.searchsorted(uniq, data.captions)]
+    uniq, inverse = np.unique(data.captions, return_inverse=True)
+    full_txt = model.encode_texts(list(uniq))[inverse]      # each distinct caption encoded once
     metrics: dict[str, Any] = retrieval_recall(img, full_txt, data.captions)
     if classes is not None and data.labels is not None:
         metrics.update(zero_shot_accuracy(img, data.labels, zero_shot_weights(model, classes, templates)))

@@ -51,17 +51,17 @@ def _final_table(result: TrainResult) -> Table:
 
 
 def _confusion_png(checkpoint: Path, cfg: ClipTrainConfig, eval_ds: Any, classes: list[str], out: Path) -> Path:
+    """The final model's zero-shot confusion matrix on the eval data, as a PNG."""
     import numpy as np
 
     from raylens.models import create_model
-    from raylens.train.evaluate import EvalData, encode_all_images, zero_shot_weights
+    from raylens.train.evaluate import EvalData, encode_all_images, zero_shot_confusion, zero_shot_weights
     from raylens.viz import plot_confusion
 
     model = create_model(cfg.model, pretrained=str(checkpoint))
     data = EvalData.from_batches(eval_ds.iter_batches(batch_size=512, batch_format="numpy"))
-    pred = (encode_all_images(model, data.images) @ zero_shot_weights(model, classes, cfg.zeroshot_templates).T).argmax(1)
-    matrix = np.zeros((len(classes), len(classes)), np.int64)
-    np.add.at(matrix, (data.labels, pred), 1)
+    matrix = zero_shot_confusion(encode_all_images(model, data.images), data.labels,
+                                 zero_shot_weights(model, classes, cfg.zeroshot_templates))
     return plot_confusion(matrix, classes, out, title=f"zero-shot on held-out data: {np.trace(matrix) / matrix.sum():.1%}")
 
 

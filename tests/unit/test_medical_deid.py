@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
 import pytest
-import torch
 
 from raylens_domains.medical import (
     BASIC_PROFILE,
@@ -37,13 +36,7 @@ SMALL = dict(ct_size=12, ct_slices=6, ct_pixel_mm=8.0, ct_slice_mm=12.0, mr_size
              mr_slice_mm=12.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """MONAI resampling and the small nets run faster on one thread (and far faster on shared cores)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ S = 16
 ENC = EncoderConfig(widths=(4, 8, 8, 8))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convs run faster on one thread, and much faster when other processes share the cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(n=3, seed=0, present=(1.0, 1.0)):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from raylens_domains.medical import (
     DeidConfig,
@@ -27,13 +26,7 @@ SMALL = dict(ct_size=16, ct_slices=10, ct_pixel_mm=6.0, ct_slice_mm=8.0, mr_size
              mr_slice_mm=9.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """MONAI resampling and the small nets run faster on one thread (and far faster on shared cores)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -132,7 +132,7 @@ def test_locked_image_tower_does_not_change(tmp_path):
 
 def test_bf16_accumulation_checkpointing_and_curves(tmp_path):
     cfg = ClipTrainConfig(max_steps=3, batch_size=4, accum_steps=2, precision="amp_bf16", grad_checkpointing=True,
-                          grad_clip_norm=1.0, warmup_steps=1, log_every=1, checkpoint_every=2)
+                          grad_clip_norm=1.0, warmup_steps=1, log_every=1, checkpoint_every=2, eval_every=2)
     ctx = LocalContext(storage=tmp_path)
     evals = []
 
@@ -140,7 +140,6 @@ def test_bf16_accumulation_checkpointing_and_curves(tmp_path):
         evals.append(1)
         return {"zeroshot_top1": 0.5}
 
-    cfg.eval_every = 2
     result = train_clip(cfg, _batches(), ctx, evaluator=evaluator, run={"num_workers": 1})
     assert result.steps == 3 and len(evals) == 2            # step 2 and the last step
     assert [h.get("zeroshot_top1") for h in result.history] == [None, 0.5, 0.5]

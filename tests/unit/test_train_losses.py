@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from raylens.train import ClipTrainConfig
-from raylens.train.evaluate import EvalData, retrieval_recall, zero_shot_accuracy
+from raylens.train.evaluate import EvalData, retrieval_recall, zero_shot_accuracy, zero_shot_confusion
 from raylens.train.losses import clip_loss_reference, make_loss, siglip_loss_reference
 
 
@@ -47,6 +47,7 @@ def test_zero_shot_accuracy_and_recall_on_known_geometry():
     labels = np.array([0, 1, 2, 2])
     acc = zero_shot_accuracy(images, labels, eye)
     assert acc["zeroshot_top1"] == pytest.approx(0.75)
+    assert zero_shot_confusion(images, labels, eye).tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
     captions = ["zero", "one", "two", "two"]
     texts = np.stack([eye[0], eye[1], eye[2], eye[2]])
     r = retrieval_recall(images, texts, captions, ks=(1, 2))
