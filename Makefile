@@ -1,5 +1,5 @@
 # The two commands (see README.md). Each creates or reuses .venv first.
-.PHONY: demo test test-unit bench venv
+.PHONY: demo test test-unit lint bench venv
 
 venv:
 	@./scripts/bootstrap.sh
@@ -7,7 +7,11 @@ venv:
 demo: venv
 	.venv/bin/raylens demo
 
-test: venv
+lint: venv
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+test: venv lint
 	.venv/bin/python -m pytest tests
 
 test-unit: venv

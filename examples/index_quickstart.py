@@ -36,7 +36,9 @@ def main() -> None:
     }
     # The index type is chosen from N, dim, the memory budget and the latency target (logged);
     # search parameters are tuned to recall@10 >= 0.95 against exact search.
-    idx = VectorIndex.build(x, metadata, model="clip-tiny", checkpoint_hash="demo", memory_budget="1G", latency_target_ms=5)
+    idx = VectorIndex.build(
+        x, metadata, model="clip-tiny", checkpoint_hash="demo", memory_budget="1G", latency_target_ms=5
+    )
     print(idx, "\n  why:", idx.manifest.choice_reason, "\n  tuned:", idx.manifest.search_params)
 
     queries, _ = clustered_vectors(3, args.dim, n_clusters=100, part=1)  # held-out "query embeddings"

@@ -23,10 +23,10 @@ Steps:
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 import hashlib
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +46,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="a small smoke run (numbers are not meaningful)")
     ap.add_argument("--ray-train", action="store_true", help="train with Ray Train (TorchTrainer, 2 workers)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads for local training (1 is fastest for these small nets on a busy machine)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for local training (1 is fastest for these small nets on a busy machine)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.patients, args.epochs = 24, 2
@@ -82,8 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. phantoms: real DICOM files on disk
     t0 = time.perf_counter()
     ph = generate_phantoms(work / "dicom", PhantomConfig(n_patients=args.patients, seed=args.seed, extras=True))
-    print(f"phantoms: {len(ph.patients)} patients, {ph.n_files} files, {ph.n_slices} slices "
-          f"({time.perf_counter() - t0:.0f}s)")
+    print(
+        f"phantoms: {len(ph.patients)} patients, {ph.n_files} files, {ph.n_slices} slices "
+        f"({time.perf_counter() - t0:.0f}s)"
+    )
 
     # 2. Ray Data ingest (de-identified at read time; the key would come from a secret store)
     init_ray()
@@ -107,10 +113,16 @@ def main(argv: list[str] | None = None) -> dict:
     # 4. train the three fusions and the two single-modality baselines
     runs = {
         "early": FusionTrainConfig(model="early", epochs=args.epochs, seed=args.seed),
-        "mid": FusionTrainConfig(model="mid", epochs=args.epochs, modality_dropout=0.2, seed=args.seed,
-                                 model_kwargs={"fuse_stage": "layer3", "fuse": "attention"}),
-        "late": FusionTrainConfig(model="late", epochs=args.epochs, modality_dropout=0.2, seed=args.seed,
-                                  model_kwargs={"combine": "logit"}),
+        "mid": FusionTrainConfig(
+            model="mid",
+            epochs=args.epochs,
+            modality_dropout=0.2,
+            seed=args.seed,
+            model_kwargs={"fuse_stage": "layer3", "fuse": "attention"},
+        ),
+        "late": FusionTrainConfig(
+            model="late", epochs=args.epochs, modality_dropout=0.2, seed=args.seed, model_kwargs={"combine": "logit"}
+        ),
         "ct_only": FusionTrainConfig(model="ct_only", epochs=args.epochs, seed=args.seed),
         "mr_only": FusionTrainConfig(model="mr_only", epochs=args.epochs, seed=args.seed),
     }
@@ -132,8 +144,10 @@ def main(argv: list[str] | None = None) -> dict:
         results[name] = binary_metrics(held["label"], probs)
         curves[name] = (held["label"], probs)
         models[name] = model
-        print(f"  {name:8s} AUC {results[name].auc:.3f}  acc {results[name].accuracy:.3f}  "
-              f"F1 {results[name].f1:.3f}  ({seconds[name]:.0f}s)")
+        print(
+            f"  {name:8s} AUC {results[name].auc:.3f}  acc {results[name].accuracy:.3f}  "
+            f"F1 {results[name].f1:.3f}  ({seconds[name]:.0f}s)"
+        )
 
     missing = {f"{n} (CT only)": evaluate(models[n], held, present=(True, False)).auc for n in ("mid", "late")}
     missing |= {f"{n} (MR only)": evaluate(models[n], held, present=(False, True)).auc for n in ("mid", "late")}
@@ -142,9 +156,12 @@ def main(argv: list[str] | None = None) -> dict:
     roc = save_roc_png(curves, work / "roc.png", title="CT+MR phantom: held-out ROC")
 
     # 5. similar-case retrieval over the mid-fusion embeddings, and the checkpoint to serve
-    ckpt = save_checkpoint(models["mid"], work / "checkpoints" / "mid", train_config=runs["mid"],
-                           extra={"transform": asdict(transform)})
-    meta = [{"study_uid": k, "label": int(y), "modalities": "CT+MR"} for k, y in zip(np.array(keys)[~test], train["label"])]
+    ckpt = save_checkpoint(
+        models["mid"], work / "checkpoints" / "mid", train_config=runs["mid"], extra={"transform": asdict(transform)}
+    )
+    meta = [
+        {"study_uid": k, "label": int(y), "modalities": "CT+MR"} for k, y in zip(np.array(keys)[~test], train["label"])
+    ]
     index = build_case_index(models["mid"], train, meta, checkpoint_hash=file_hash(ckpt / "model.safetensors"))
     index.save(work / "case_index", overwrite=True)
     hits = similar_cases(index, models["mid"], held, k=5)
@@ -158,8 +175,12 @@ def main(argv: list[str] | None = None) -> dict:
         "missing_modality_auc": {k: round(v, 4) for k, v in missing.items()},
         "train_seconds": {k: round(v, 1) for k, v in seconds.items()},
         "retrieval_label_agreement_at_5": round(agree, 4),
-        "n_train": int((~test).sum()), "n_test": int(test.sum()), "epochs": args.epochs,
-        "roc_png": str(roc), "checkpoint": str(ckpt), "ingest": ingest.report.to_dict() | {"skipped": None},
+        "n_train": int((~test).sum()),
+        "n_test": int(test.sum()),
+        "epochs": args.epochs,
+        "roc_png": str(roc),
+        "checkpoint": str(ckpt),
+        "ingest": ingest.report.to_dict() | {"skipped": None},
     }
     (work / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {work / 'results.json'} and {roc}")

@@ -33,7 +33,7 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220)}
 
 def _picture(colour: str, i: int) -> np.ndarray:
     img = np.full((48, 64, 3), 245, np.uint8)
-    img[8 + i % 10: 32 + i % 10, 10 + 2 * i % 30: 34 + 2 * i % 30] = COLOURS[colour]
+    img[8 + i % 10 : 32 + i % 10, 10 + 2 * i % 30 : 34 + 2 * i % 30] = COLOURS[colour]
     return img
 
 
@@ -53,18 +53,24 @@ def write_all(out: Path, n: int) -> dict[str, Path | str]:
     for i, (colour, img) in enumerate(samples):
         Image.fromarray(img).save(images / f"{i:04d}.png")
         rows.append({"path": f"images/{i:04d}.png", "caption": f"a {colour} square", "label": i % 3})
-    (images / "0001.png").write_bytes(b"not a png")               # bad: corrupt image
+    (images / "0001.png").write_bytes(b"not a png")  # bad: corrupt image
     rows.append({"path": "images/missing.png", "caption": "a lost square", "label": 0})  # bad: no file
-    rows[2]["caption"] = ""                                        # bad: missing caption
+    rows[2]["caption"] = ""  # bad: missing caption
 
-    (out / "captions.csv").write_text("path,caption,label\n" + "".join(
-        f"{r['path']},{r['caption']},{r['label']}\n" for r in rows))
+    (out / "captions.csv").write_text(
+        "path,caption,label\n" + "".join(f"{r['path']},{r['caption']},{r['label']}\n" for r in rows)
+    )
     (out / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    pq.write_table(pa.table({
-        "path": [f"sample-{i}" for i in range(n)] + ["sample-bad"],
-        "caption": [f"a {c} square" for c, _ in samples] + ["corrupt bytes"],
-        "image_bytes": [_png(img) for _, img in samples] + [b"\x89PNG truncated"],
-    }), out / "embedded.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "path": [f"sample-{i}" for i in range(n)] + ["sample-bad"],
+                "caption": [f"a {c} square" for c, _ in samples] + ["corrupt bytes"],
+                "image_bytes": [_png(img) for _, img in samples] + [b"\x89PNG truncated"],
+            }
+        ),
+        out / "embedded.parquet",
+    )
 
     for i, (colour, img) in enumerate(samples):
         folder = out / "folders" / f"{colour}_square"
@@ -74,8 +80,13 @@ def write_all(out: Path, n: int) -> dict[str, Path | str]:
 
     write_webdataset_shards(((img, f"a {c} square") for c, img in samples), out / "wds", shard_size=max(1, n // 2))
     write_tar(out / "wds" / "99999.tar", [("orphan.jpg", _png(samples[0][1])), ("lonely.txt", b"no image")])
-    return {"csv": out / "captions.csv", "jsonl": out / "captions.jsonl", "parquet": out / "embedded.parquet",
-            "folders": out / "folders", "wds": str(out / "wds" / "*.tar")}
+    return {
+        "csv": out / "captions.csv",
+        "jsonl": out / "captions.jsonl",
+        "parquet": out / "embedded.parquet",
+        "folders": out / "folders",
+        "wds": str(out / "wds" / "*.tar"),
+    }
 
 
 def main() -> None:
@@ -97,8 +108,9 @@ def main() -> None:
         "csv": read_captioned_images(src["csv"], pre, batch_size=4),
         "jsonl": read_captioned_images(src["jsonl"], pre, batch_size=4),
         "parquet (embedded bytes)": read_captioned_images(src["parquet"], pre, batch_size=4),
-        "class folders (TrainAugment)": read_image_folder(src["folders"], TrainAugment(32, hflip=True, seed=0),
-                                                          shuffle_seed=0, batch_size=4),
+        "class folders (TrainAugment)": read_image_folder(
+            src["folders"], TrainAugment(32, hflip=True, seed=0), shuffle_seed=0, batch_size=4
+        ),
         "webdataset": read_webdataset(src["wds"], pre, batch_size=4),
     }
     for name, data in readers.items():
@@ -110,8 +122,10 @@ def main() -> None:
     folders = readers["class folders (TrainAugment)"]
     batch = next(iter(folders.dataset.iter_batches(batch_size=4, batch_format="numpy")))
     mixed = MixUpCutMix(num_classes=len(folders.classes))(batch["image"], batch["label"], np.random.default_rng(0))
-    print(f"classes {folders.classes}; a {mixed.kind} batch: images {mixed.images.shape}, "
-          f"lam {mixed.lam:.2f}, soft targets of row 0 {[round(float(t), 2) for t in mixed.targets[0]]}")
+    print(
+        f"classes {folders.classes}; a {mixed.kind} batch: images {mixed.images.shape}, "
+        f"lam {mixed.lam:.2f}, soft targets of row 0 {[round(float(t), 2) for t in mixed.targets[0]]}"
+    )
 
 
 if __name__ == "__main__":

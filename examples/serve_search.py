@@ -32,13 +32,17 @@ def main() -> int:
         import json
 
         with open(a.image, "rb") as f:
-            data = {"k": str(a.k), **({"filters": json.dumps(filters)} if filters else {}),
-                    **({"index": a.index} if a.index else {})}
+            data = {
+                "k": str(a.k),
+                **({"filters": json.dumps(filters)} if filters else {}),
+                **({"index": a.index} if a.index else {}),
+            }
             resp = requests.post(f"{a.url}/search", files={"image": f}, data=data, headers=headers, timeout=60)
     else:
         body = {"text": a.text, "k": a.k, "filters": filters, "index": a.index}
-        resp = requests.post(f"{a.url}/search", json={k: v for k, v in body.items() if v is not None},
-                             headers=headers, timeout=60)
+        resp = requests.post(
+            f"{a.url}/search", json={k: v for k, v in body.items() if v is not None}, headers=headers, timeout=60
+        )
     if resp.status_code != 200:
         err = resp.json().get("error", {})
         print(f"{resp.status_code} {err.get('code')}: {err.get('message')}", file=sys.stderr)

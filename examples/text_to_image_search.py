@@ -45,17 +45,25 @@ def main() -> None:
     init_ray()
     pre = create_model(args.model).preprocess
     train = read_captioned_images(args.captions, pre, split="train")
-    result = fit_clip(train.dataset, ClipTrainConfig(model=args.model, max_steps=args.steps),
-                      RayTrainOptions(num_workers=args.workers, use_gpu=args.gpu, storage_path=str(out / "runs")))
+    result = fit_clip(
+        train.dataset,
+        ClipTrainConfig(model=args.model, max_steps=args.steps),
+        RayTrainOptions(num_workers=args.workers, use_gpu=args.gpu, storage_path=str(out / "runs")),
+    )
     print(train.report().summary())
 
     held = read_captioned_images(args.captions, pre, split="heldout")
-    rows = embed_images(held.dataset, args.model, str(result.checkpoint), num_actors=args.workers,
-                        num_gpus=1 if args.gpu else 0).take_all()
+    rows = embed_images(
+        held.dataset, args.model, str(result.checkpoint), num_actors=args.workers, num_gpus=1 if args.gpu else 0
+    ).take_all()
     model = create_model(args.model, pretrained=str(result.checkpoint))
-    index = VectorIndex.build(np.stack([r["embedding"] for r in rows]),
-                              [{k: str(v) for k, v in r.items() if k != "embedding"} for r in rows],
-                              model=args.model, checkpoint_hash=model.checkpoint_hash, checkpoint=str(result.checkpoint))
+    index = VectorIndex.build(
+        np.stack([r["embedding"] for r in rows]),
+        [{k: str(v) for k, v in r.items() if k != "embedding"} for r in rows],
+        model=args.model,
+        checkpoint_hash=model.checkpoint_hash,
+        checkpoint=str(result.checkpoint),
+    )
     index.save(out / "index")
     searcher = Searcher(model, index)
     for query in ("a red circle", "a blue star"):

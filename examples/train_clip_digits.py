@@ -27,20 +27,28 @@ def main() -> None:
     args = ap.parse_args()
 
     init_ray()
-    preprocess = create_model("clip-tiny").preprocess          # open_clip's eval transform, at 32 px
-    train = read_digits(preprocess, "train")                   # captions like "a handwritten seven"
-    heldout = read_digits(preprocess, "heldout")               # never seen in training
+    preprocess = create_model("clip-tiny").preprocess  # open_clip's eval transform, at 32 px
+    train = read_digits(preprocess, "train")  # captions like "a handwritten seven"
+    heldout = read_digits(preprocess, "heldout")  # never seen in training
     cfg = ClipTrainConfig(
-        model="clip-tiny", max_steps=args.steps, batch_size=64, lr=3e-3, warmup_steps=30, log_every=25,
+        model="clip-tiny",
+        max_steps=args.steps,
+        batch_size=64,
+        lr=3e-3,
+        warmup_steps=30,
+        log_every=25,
         eval_every=args.steps // 4,
-        zeroshot_classes=DIGIT_CLASSES,                        # "0" ... "9"
-        zeroshot_templates=[ZEROSHOT_TEMPLATE],                # "a photo of the digit {}"
+        zeroshot_classes=DIGIT_CLASSES,  # "0" ... "9"
+        zeroshot_templates=[ZEROSHOT_TEMPLATE],  # "a photo of the digit {}"
     )
-    result = fit_clip(train, cfg, RayTrainOptions(num_workers=args.workers, storage_path=str(args.out.resolve())),
-                       eval_ds=heldout)
+    result = fit_clip(
+        train, cfg, RayTrainOptions(num_workers=args.workers, storage_path=str(args.out.resolve())), eval_ds=heldout
+    )
     last = result.history[-1]
-    print(f"zero-shot accuracy on held-out digits: {last['zeroshot_top1']:.3f} "
-          f"(image->text R@1 {last['i2t_R@1']:.3f}) in {result.seconds:.0f} s")
+    print(
+        f"zero-shot accuracy on held-out digits: {last['zeroshot_top1']:.3f} "
+        f"(image->text R@1 {last['i2t_R@1']:.3f}) in {result.seconds:.0f} s"
+    )
     print(f"checkpoint: {result.checkpoint}  (curves.png and history.csv inside)")
 
 

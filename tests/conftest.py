@@ -35,9 +35,9 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray started once per test session (2 CPUs, no dashboard), shut down at the end."""
-    from raylens.runtime import init_ray
-
     import ray
+
+    from raylens.runtime import init_ray
 
     init_ray(num_cpus=int(os.environ.get("RAYLENS_TEST_CPUS", "4")))
     yield ray

@@ -27,8 +27,16 @@ def test_sharded_ivf_build_merges_every_shard(ray_session, tmp_path):
     from raylens.index.ray_build import build_index_from_dataset
 
     ds, x, labels = _dataset(ray_session, 6000)
-    idx = build_index_from_dataset(ds, model="m", checkpoint_hash="h", index_factory="IVF32,Flat",
-                                   shard_rows=1500, num_workers=2, tune_queries=200, threads=1)
+    idx = build_index_from_dataset(
+        ds,
+        model="m",
+        checkpoint_hash="h",
+        index_factory="IVF32,Flat",
+        shard_rows=1500,
+        num_workers=2,
+        tune_queries=200,
+        threads=1,
+    )
     figures = idx.manifest.build["figures"]
     assert figures["path"] == "ray-sharded" and figures["shards"] >= 4
     assert len(idx) == 6000 and sorted(idx.ids.tolist()) == list(range(6000))
@@ -77,8 +85,16 @@ def test_refined_pq_is_merged_shard_by_shard(ray_session):
     from raylens.index.ray_build import build_index_from_dataset
 
     ds, x, _ = _dataset(ray_session, 3000, with_ids=True, seed=2)
-    idx = build_index_from_dataset(ds, model="m", index_factory="IVF16,PQ16x4fs,Refine(SQ8)", id_column="item_id",
-                                   shard_rows=1000, num_workers=2, tune_queries=100, threads=1)
+    idx = build_index_from_dataset(
+        ds,
+        model="m",
+        index_factory="IVF16,PQ16x4fs,Refine(SQ8)",
+        id_column="item_id",
+        shard_rows=1000,
+        num_workers=2,
+        tune_queries=100,
+        threads=1,
+    )
     assert idx.manifest.build["figures"]["path"] == "ray-sharded"
     assert sorted(idx.ids.tolist()) == [1_000 + 3 * i for i in range(3000)]  # the dataset's own ids
     assert "item_id" not in idx.columns

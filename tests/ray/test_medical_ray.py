@@ -28,16 +28,26 @@ from raylens_domains.medical import (
 pytestmark = pytest.mark.ray
 
 KEY = "ray-test-key-00000000000000000000"
-SMALL = dict(ct_size=16, ct_slices=10, ct_pixel_mm=6.0, ct_slice_mm=8.0, mr_size=16, mr_slices=9, mr_pixel_mm=6.0,
-             mr_slice_mm=9.0)
+SMALL = dict(
+    ct_size=16,
+    ct_slices=10,
+    ct_pixel_mm=6.0,
+    ct_slice_mm=8.0,
+    mr_size=16,
+    mr_slices=9,
+    mr_pixel_mm=6.0,
+    mr_slice_mm=9.0,
+)
 TRANSFORM = VolumeTransformConfig(target_spacing=(6.0, 6.0, 6.0), spatial_size=(16, 16, 16))
 
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray_phantom")
-    ph = generate_phantoms(root / "dicom", PhantomConfig(n_patients=6, seed=4, extras=True, rle_fraction=0.4,
-                                                         multiframe_fraction=0.4, **SMALL))
+    ph = generate_phantoms(
+        root / "dicom",
+        PhantomConfig(n_patients=6, seed=4, extras=True, rle_fraction=0.4, multiframe_fraction=0.4, **SMALL),
+    )
     shutil.copy(get_testdata_file("CT_small.dcm"), root / "dicom" / "ct_small.dcm")  # another shape, one slice
     return ph
 
@@ -99,10 +109,12 @@ def test_ray_train_mid_fusion_with_two_workers(ray_session, fusion_rows, tmp_pat
     from raylens_domains.medical.ray_train import train_fusion_ray
 
     fz = fusion_rows.filter(lambda r: r["label"] >= 0).materialize()
-    cfg = FusionTrainConfig(model="mid", epochs=2, batch_size=2, modality_dropout=0.2,
-                            model_kwargs={"encoder": {"widths": [4, 8, 8, 8]}})
-    res = train_fusion_ray(cfg, fz, fz, num_workers=2, storage_path=tmp_path / "runs", name="medical-test",
-                           transform=TRANSFORM)
+    cfg = FusionTrainConfig(
+        model="mid", epochs=2, batch_size=2, modality_dropout=0.2, model_kwargs={"encoder": {"widths": [4, 8, 8, 8]}}
+    )
+    res = train_fusion_ray(
+        cfg, fz, fz, num_workers=2, storage_path=tmp_path / "runs", name="medical-test", transform=TRANSFORM
+    )
     assert res.checkpoint_dir and Path(res.checkpoint_dir, "model.safetensors").is_file()
     assert "val_auc" in res.metrics and "loss" in res.metrics
     model = res.load_model()
@@ -144,14 +156,18 @@ def test_serve_endpoint_predicts_from_a_zipped_upload(ray_session, phantom, tmp_
     from raylens_services.medical import MedicalFusionService
 
     model = create_fusion_model("mid", encoder=EncoderConfig(widths=(4, 8, 8, 8)))
-    save_checkpoint(model, tmp_path / "ckpt", extra={"transform": {"target_spacing": [6.0, 6.0, 6.0],
-                                                                     "spatial_size": [16, 16, 16]}})
+    save_checkpoint(
+        model, tmp_path / "ckpt", extra={"transform": {"target_spacing": [6.0, 6.0, 6.0], "spatial_size": [16, 16, 16]}}
+    )
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = MedicalFusionService.options(ray_actor_options={
-        "num_cpus": 0.5, "runtime_env": {"env_vars": {"RAYLENS_API_KEY": "let-me-in"}}}).bind(
-        checkpoint=str(tmp_path / "ckpt"), deid_key=KEY,
-        limits={"max_body_bytes": 3_000_000, "max_pixels": 200_000, "max_batch": 2})
+    app = MedicalFusionService.options(
+        ray_actor_options={"num_cpus": 0.5, "runtime_env": {"env_vars": {"RAYLENS_API_KEY": "let-me-in"}}}
+    ).bind(
+        checkpoint=str(tmp_path / "ckpt"),
+        deid_key=KEY,
+        limits={"max_body_bytes": 3_000_000, "max_pixels": 200_000, "max_batch": 2},
+    )
     serve.run(app, name="medical-test", route_prefix="/medical")
     url = f"http://127.0.0.1:{port}/medical"
     auth = {"x-api-key": "let-me-in"}
@@ -165,8 +181,12 @@ def test_serve_endpoint_predicts_from_a_zipped_upload(ray_session, phantom, tmp_
         assert r.status_code == 200 and r.json() == {"ready": True, "model": "mid", "problem": None}
 
         p = phantom.patients[0]
-        r = requests.post(f"{url}/predict", data=_zip_dir([p.folders["CT"], p.folders["MR"]]),
-                          headers={"content-type": "application/zip", **auth}, timeout=120)
+        r = requests.post(
+            f"{url}/predict",
+            data=_zip_dir([p.folders["CT"], p.folders["MR"]]),
+            headers={"content-type": "application/zip", **auth},
+            timeout=120,
+        )
         assert r.status_code == 200, r.text
         pred = r.json()["predictions"][0]
         assert pred["modalities_used"] == ["CT", "MR"] and pred["model"] == "mid"
@@ -182,7 +202,10 @@ def test_serve_endpoint_predicts_from_a_zipped_upload(ray_session, phantom, tmp_
             "not a zip": (b"hello", 400),
             "traversal": (_zip_bytes({"../../x.dcm": b"x"}), 400),
             "no dicom": (_zip_bytes({"a.txt": b"text"}), 422),
-            "truncated dicom": (_zip_bytes({"a.dcm": (Path(p.folders["CT"]).iterdir().__next__()).read_bytes()[:400]}), 422),
+            "truncated dicom": (
+                _zip_bytes({"a.dcm": (Path(p.folders["CT"]).iterdir().__next__()).read_bytes()[:400]}),
+                422,
+            ),
             "empty": (b"", 400),
             "too big": (b"0" * 3_000_001, 413),
             "too many studies": (_zip_dir([q.folders["CT"] for q in phantom.patients[:3]]), 413),

@@ -33,12 +33,18 @@ def test_parquet_embedded_bytes_and_paths(ray_session, tmp_path):
     from raylens.data.ray_reader import read_captioned_images
 
     Image.fromarray(_image(7)).save(tmp_path / "disk.png")
-    pq.write_table(pa.table({
-        "path": ["e0", "e1", "disk.png", "gone.png", "bad", "nocap", "other"],
-        "caption": ["zero", "one", "from disk", "missing file", "corrupt", None, "held out"],
-        "image_bytes": [_encoded(0), _encoded(1, "JPEG"), None, None, b"garbage", _encoded(3), _encoded(4)],
-        "split": ["train"] * 6 + ["val"],
-    }), tmp_path / "c.parquet", row_group_size=3)
+    pq.write_table(
+        pa.table(
+            {
+                "path": ["e0", "e1", "disk.png", "gone.png", "bad", "nocap", "other"],
+                "caption": ["zero", "one", "from disk", "missing file", "corrupt", None, "held out"],
+                "image_bytes": [_encoded(0), _encoded(1, "JPEG"), None, None, b"garbage", _encoded(3), _encoded(4)],
+                "split": ["train"] * 6 + ["val"],
+            }
+        ),
+        tmp_path / "c.parquet",
+        row_group_size=3,
+    )
     data = read_captioned_images(tmp_path / "c.parquet", ClipPreprocess(16), split="train", batch_size=2)
     rows = _by_path(data.dataset.take_all())
     assert sorted(rows) == sorted([str(tmp_path / "e0"), str(tmp_path / "e1"), str(tmp_path / "disk.png")])
@@ -46,7 +52,10 @@ def test_parquet_embedded_bytes_and_paths(ray_session, tmp_path):
     assert rows[str(tmp_path / "e0")]["image"].shape == (3, 16, 16) and "image_bytes" not in rows[str(tmp_path / "e0")]
     report = data.report()
     assert report.n_ok == 3 and {s.path.rsplit("/", 1)[-1]: s.reason.split(" (")[0] for s in report.skipped} == {
-        "gone.png": "file not found", "bad": "not a readable image", "nocap": "missing caption"}
+        "gone.png": "file not found",
+        "bad": "not a readable image",
+        "nocap": "missing caption",
+    }
     # the last batch ("bad", "nocap") is all skipped: no empty block, so "image" stays an Arrow tensor column
     blocks = list(data.dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
     assert all(b.num_rows > 0 and "Tensor" in type(b.schema.field("image").type).__name__ for b in blocks)
@@ -73,8 +82,7 @@ def test_image_folder(ray_session, tmp_path):
     assert cat["label"] == 1 and cat["caption"] == "a photo of a tabby cat"
     report = data.report()
     skipped = sorted((s.path.rsplit("/", 1)[-1], s.reason.split(" (")[0]) for s in report.skipped)
-    assert report.n_ok == 6 and skipped == [
-        ("9.png", "not a readable image"), ("notes.txt", "not an image file")]
+    assert report.n_ok == 6 and skipped == [("9.png", "not a readable image"), ("notes.txt", "not an image file")]
 
     with pytest.raises(FileNotFoundError, match="expected the layout"):
         read_image_folder(tmp_path / "nope", ClipPreprocess(16))
@@ -85,11 +93,18 @@ def test_webdataset_shards_with_bad_members(ray_session, tmp_path):
 
     write_webdataset_shards([(_image(10 * i), f"caption {i}") for i in range(6)], tmp_path, shard_size=3)
     good = (tmp_path / "00000.tar").read_bytes()
-    write_tar(tmp_path / "00002.tar", [("k1.jpg", _encoded(5, "JPEG")), ("k1.txt", b"fine"),
-                                       ("k2.jpg", _encoded(6, "JPEG")),                      # no caption
-                                       ("k3.txt", b"no image"),
-                                       ("k4.jpg", b"not a jpeg"), ("k4.txt", b"corrupt")])
-    (tmp_path / "00003.tar").write_bytes(good[:700])                      # cut inside the first image
+    write_tar(
+        tmp_path / "00002.tar",
+        [
+            ("k1.jpg", _encoded(5, "JPEG")),
+            ("k1.txt", b"fine"),
+            ("k2.jpg", _encoded(6, "JPEG")),  # no caption
+            ("k3.txt", b"no image"),
+            ("k4.jpg", b"not a jpeg"),
+            ("k4.txt", b"corrupt"),
+        ],
+    )
+    (tmp_path / "00003.tar").write_bytes(good[:700])  # cut inside the first image
     data = read_webdataset(str(tmp_path / "{00000..00003}.tar"), ClipPreprocess(16), batch_size=2)
     rows = data.dataset.take_all()
     keys = sorted(str(r["key"]) for r in rows)
@@ -98,8 +113,11 @@ def test_webdataset_shards_with_bad_members(ray_session, tmp_path):
     report = data.report()
     reasons = {s.path.rsplit("/", 1)[-1]: s.reason.split(" (")[0] for s in report.skipped}
     assert report.n_ok == 7 and reasons == {
-        "00002.tar:k2": "missing caption", "00002.tar:k3": "missing image",
-        "00002.tar:k4": "not a readable image", "00003.tar:000000": "truncated or corrupt tar"}
+        "00002.tar:k2": "missing caption",
+        "00002.tar:k3": "missing image",
+        "00002.tar:k4": "not a readable image",
+        "00003.tar:000000": "truncated or corrupt tar",
+    }
 
     with pytest.raises(FileNotFoundError, match="do not exist"):
         read_webdataset(str(tmp_path / "{00000..00009}.tar"), ClipPreprocess(16))

@@ -39,10 +39,18 @@ def _build_index(model, rows: list[dict], root: Path, directory: Path, ckpt: Pat
 
     images = [decode_image((root / r["path"]).read_bytes()) for r in rows]
     vectors = model.encode_images(model.preprocess.batch(images))
-    meta = {"path": [str(root / r["path"]) for r in rows],
-            **{k: [r[k] for r in rows] for k in ("caption", "shape", "colour", "size")}}
-    VectorIndex.build(vectors, meta, model="clip-tiny", checkpoint_hash=model.checkpoint_hash,
-                      checkpoint=str(ckpt), index_factory="Flat").save(directory)
+    meta = {
+        "path": [str(root / r["path"]) for r in rows],
+        **{k: [r[k] for r in rows] for k in ("caption", "shape", "colour", "size")},
+    }
+    VectorIndex.build(
+        vectors,
+        meta,
+        model="clip-tiny",
+        checkpoint_hash=model.checkpoint_hash,
+        checkpoint=str(ckpt),
+        index_factory="Flat",
+    ).save(directory)
     return directory
 
 
@@ -64,29 +72,47 @@ def assets(tmp_path_factory):
     model = create_model("clip-tiny", pretrained=str(root / "clip"))
     index = _build_index(model, rows, data.root, root / "index", root / "clip")
     index_v2 = _build_index(model, rows[:25], data.root, root / "index-v2", root / "clip")
-    save_timm_classifier(timm.create_model("test_resnet", pretrained=False, num_classes=3), root / "timm",
-                         arch="test_resnet", classes=["red", "green", "blue"], image_size=32)
+    save_timm_classifier(
+        timm.create_model("test_resnet", pretrained=False, num_classes=3),
+        root / "timm",
+        arch="test_resnet",
+        classes=["red", "green", "blue"],
+        image_size=32,
+    )
     (root / "key").write_text(KEY + "\n")
-    return {"root": root, "rows": rows, "images": data.root, "clip": root / "clip", "index": index,
-            "index_v2": index_v2, "timm": root / "timm", "key_file": root / "key"}
+    return {
+        "root": root,
+        "rows": rows,
+        "images": data.root,
+        "clip": root / "clip",
+        "index": index,
+        "index_v2": index_v2,
+        "timm": root / "timm",
+        "key_file": root / "key",
+    }
 
 
 def _config(assets, port: int) -> dict:
-    """services/search.yaml with this test's paths, port, limits and API key file."""
+    """services/raylens_services/search.yaml with this test's paths, port, limits and API key file."""
     from raylens.serve.ray_apps import load_config
 
-    cfg = load_config()  # the packaged services/search.yaml, checked against Serve's schema
+    cfg = load_config()  # the packaged services/raylens_services/search.yaml, checked against Serve's schema
     cfg["http_options"] = {"host": "127.0.0.1", "port": port}
     app = cfg["applications"][0]
     app["name"] = APP
-    app["args"] = {"indices": {"shapes": str(assets["index"])},
-                   "classifiers": {"v1": {"checkpoint": str(assets["timm"]), "weight": SPLIT["v1"]},
-                                   "v2": {"weight": SPLIT["v2"], "classes": SHAPES, "templates": ["a {} shape"]}},
-                   "limits": LIMITS}
+    app["args"] = {
+        "indices": {"shapes": str(assets["index"])},
+        "classifiers": {
+            "v1": {"checkpoint": str(assets["timm"]), "weight": SPLIT["v1"]},
+            "v2": {"weight": SPLIT["v2"], "classes": SHAPES, "templates": ["a {} shape"]},
+        },
+        "limits": LIMITS,
+    }
     deployments = {d["name"]: d for d in app["deployments"]}
     deployments["ClipEmbedder"]["autoscaling_config"]["max_replicas"] = 2
     deployments["SearchIngress"]["ray_actor_options"]["runtime_env"] = {
-        "env_vars": {"RAYLENS_API_KEY_FILE": str(assets["key_file"])}}
+        "env_vars": {"RAYLENS_API_KEY_FILE": str(assets["key_file"])}
+    }
     return cfg
 
 
@@ -136,7 +162,9 @@ def test_search_by_text_image_and_embedding_with_filters(service, assets):
     assert scores == sorted(scores, reverse=True)
     assert all(h["caption"] and h["metadata"]["shape"] in SHAPES for h in body["hits"])
 
-    r = _post(f"{url}/search", json={"text": "a red circle", "k": 10, "filters": {"shape": "circle"}, "index": "shapes"})
+    r = _post(
+        f"{url}/search", json={"text": "a red circle", "k": 10, "filters": {"shape": "circle"}, "index": "shapes"}
+    )
     assert r.status_code == 200 and r.json()["hits"]
     assert {h["metadata"]["shape"] for h in r.json()["hits"]} == {"circle"}
 
@@ -166,8 +194,10 @@ def test_safety_limits_give_json_4xx(service):
     cases = {
         "no key": (requests.post(f"{url}/search", json={"text": "a"}, timeout=30), 401),
         "wrong key": (requests.post(f"{url}/search", json={"text": "a"}, headers={"x-api-key": "no"}, timeout=30), 401),
-        "body size": (_post(f"{url}/search", data=b"{" + b" " * 300_001 + b"}",
-                            headers={"content-type": "application/json"}), 413),
+        "body size": (
+            _post(f"{url}/search", data=b"{" + b" " * 300_001 + b"}", headers={"content-type": "application/json"}),
+            413,
+        ),
         "pixels": (_post(f"{url}/search", files={"image": ("big.png", big, "image/png")}), 413),
         "k": (_post(f"{url}/search", json={"text": "a", "k": 21}), 422),
         "k zero": (_post(f"{url}/search", json={"text": "a", "k": 0}), 422),
@@ -191,8 +221,9 @@ def test_safety_limits_give_json_4xx(service):
     ok = requests.post(f"{url}/search", json={"text": "a"}, headers={"authorization": f"Bearer {KEY}"}, timeout=30)
     assert ok.status_code == 200
     # CORS is off by default: no allow-origin header for a cross-origin request
-    r = requests.options(f"{url}/search", headers={"origin": "http://example.test",
-                                                   "access-control-request-method": "POST"}, timeout=30)
+    r = requests.options(
+        f"{url}/search", headers={"origin": "http://example.test", "access-control-request-method": "POST"}, timeout=30
+    )
     assert "access-control-allow-origin" not in r.headers
 
 
@@ -208,13 +239,22 @@ def test_ab_split_counts_and_per_version_models(service):
     p = SPLIT["v1"]
     assert abs(counts["v1"] - n * p) <= 4.5 * (n * p * (1 - p)) ** 0.5, counts
     a = _post(f"{url}/classify", files={"image": ("x.png", png, "image/png")}, headers={"x-model-version": "v1"}).json()
-    b = _post(f"{url}/classify", json={"images_b64": [base64.b64encode(png).decode()] * 2},
-              headers={"x-model-version": "v2"}).json()
-    assert (a["model_version"], a["kind"], a["predictions"][0]["label"] in ("red", "green", "blue")) == ("v1", "timm", True)
+    b = _post(
+        f"{url}/classify", json={"images_b64": [base64.b64encode(png).decode()] * 2}, headers={"x-model-version": "v2"}
+    ).json()
+    assert (a["model_version"], a["kind"], a["predictions"][0]["label"] in ("red", "green", "blue")) == (
+        "v1",
+        "timm",
+        True,
+    )
     assert b["model_version"] == "v2" and b["kind"] == "clip-zero-shot" and len(b["predictions"]) == 2
     assert set(b["predictions"][0]["probabilities"]) == set(SHAPES)
-    sticky = {_post(f"{url}/classify", files={"image": ("x.png", png, "image/png")},
-                    headers={"x-ab-key": "caller-1"}).json()["model_version"] for _ in range(5)}
+    sticky = {
+        _post(f"{url}/classify", files={"image": ("x.png", png, "image/png")}, headers={"x-ab-key": "caller-1"}).json()[
+            "model_version"
+        ]
+        for _ in range(5)
+    }
     assert len(sticky) == 1
     r = _post(f"{url}/classify", files={"image": ("x.png", png, "image/png")}, headers={"x-model-version": "zzz"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_version"
@@ -304,15 +344,17 @@ def test_openapi_schema_under_schemathesis_gives_no_5xx(service, api_schema):
     for result in api_schema.get_all_operations():
         op = result.ok()
 
-        @settings(max_examples=25, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+        )
         @given(case=op.as_strategy())
         def check(case) -> None:
+            label = case.operation.label
             resp = case.call(base_url=service["url"], headers=AUTH, timeout=60)
-            seen[op.label] = seen.get(op.label, 0) + 1
-            assert resp.status_code < 500, (op.label, resp.status_code, resp.text[:300])
+            seen[label] = seen.get(label, 0) + 1
+            assert resp.status_code < 500, (label, resp.status_code, resp.text[:300])
             if resp.status_code >= 400:
-                assert "error" in resp.json(), (op.label, resp.text[:300])
+                assert "error" in resp.json(), (label, resp.text[:300])
 
         check()
     assert {"POST /search", "POST /embed", "POST /classify", "GET /indices", "GET /healthz"} <= set(seen), seen
@@ -324,8 +366,11 @@ def _chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium and chromium-driver are not installed "
-                    "(scripts/bootstrap.sh installs them when run as root)")
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="Debian's chromium and chromium-driver are not installed "
+    "(scripts/bootstrap.sh installs them when run as root)",
+)
 def test_search_page_in_headless_chromium(service, tmp_path):
     """A real browser types a query into the page and result images appear, with scores."""
     from selenium import webdriver
@@ -336,8 +381,14 @@ def test_search_page_in_headless_chromium(service, tmp_path):
     browser, driver_path = _chromium()
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1200,900", f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,900",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)  # no Selenium Manager
     try:
@@ -349,8 +400,14 @@ def test_search_page_in_headless_chromium(service, tmp_path):
 
         def loaded(d):
             imgs = d.find_elements(By.CSS_SELECTOR, "#results img.hit-image")
-            return imgs if imgs and all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
-                                        for i in imgs) else False
+            return (
+                imgs
+                if imgs
+                and all(
+                    d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i) for i in imgs
+                )
+                else False
+            )
 
         images = WebDriverWait(driver, 60).until(loaded)
         scores = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .score")]
@@ -362,4 +419,3 @@ def test_search_page_in_headless_chromium(service, tmp_path):
             shutil.copy(tmp_path / "page.png", os.environ["RAYLENS_SCREENSHOT"])
     finally:
         driver.quit()
-

@@ -46,8 +46,9 @@ def test_ingest_train_embed_index_search(ray_session, shapes_with_bad_files, tmp
     vectors = np.stack([r["embedding"] for r in rows])
     meta = {k: [str(r[k]) for r in rows] for k in ("path", "caption", "colour", "shape")}
     model = create_model("clip-tiny", pretrained=str(result.checkpoint))
-    index = VectorIndex.build(vectors, meta, model="clip-tiny", checkpoint_hash=model.checkpoint_hash,
-                              checkpoint=str(result.checkpoint))
+    index = VectorIndex.build(
+        vectors, meta, model="clip-tiny", checkpoint_hash=model.checkpoint_hash, checkpoint=str(result.checkpoint)
+    )
     index.save(tmp_path / "index")
 
     searcher = Searcher.open(tmp_path / "index")

@@ -9,9 +9,29 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_train_command_on_digits_writes_curves_confusion_and_a_checkpoint(ray_session, tmp_path):
     from raylens.cli import app
 
-    out = CliRunner().invoke(app, ["train", "digits", "--eval", "digits", "--steps", "6", "--batch-size", "32",
-                                   "--workers", "1", "--warmup-steps", "1", "--storage", str(tmp_path / "runs"),
-                                   "--name", "cli", "--workdir", str(tmp_path / "work")])
+    out = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "digits",
+            "--eval",
+            "digits",
+            "--steps",
+            "6",
+            "--batch-size",
+            "32",
+            "--workers",
+            "1",
+            "--warmup-steps",
+            "1",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--name",
+            "cli",
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+    )
     assert out.exit_code == 0, out.output + repr(out.exception)
     assert "zeroshot_top1" in out.output and "checkpoint" in out.output
     for f in ("curves.png", "history.csv", "confusion.png"):
@@ -45,11 +65,31 @@ def test_train_from_class_folders_with_zero_shot_on_their_classes(ray_session, t
         for i in range(24):
             Image.fromarray(_coloured(rgb)).save(tmp_path / "data" / name / f"{i}.png")
     (tmp_path / "data" / "red_square" / "broken.png").write_bytes(b"not a png")
-    out = CliRunner().invoke(app, ["train", str(tmp_path / "data"), "--eval", str(tmp_path / "data"), "--steps", "3",
-                                   "--batch-size", "16", "--workers", "1", "--warmup-steps", "1", "--augment", "--hflip",
-                                   "--storage", str(tmp_path / "runs"), "--workdir", str(tmp_path / "work")])
+    out = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(tmp_path / "data"),
+            "--eval",
+            str(tmp_path / "data"),
+            "--steps",
+            "3",
+            "--batch-size",
+            "16",
+            "--workers",
+            "1",
+            "--warmup-steps",
+            "1",
+            "--augment",
+            "--hflip",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+    )
     assert out.exit_code == 0, out.output + repr(out.exception)
-    assert "1 skipped" in out.output, out.output   # the broken file, reported
+    assert "1 skipped" in out.output, out.output  # the broken file, reported
     assert (tmp_path / "work" / "confusion.png").is_file() and "zeroshot_top1" in out.output
 
 
@@ -65,8 +105,11 @@ def test_siglip_with_accumulation_from_webdataset_shards(ray_session, tmp_path):
     pairs = [(_coloured(rgb), f"a {c} square") for _ in range(16) for c, rgb in colours.items()]
     write_webdataset_shards(pairs, tmp_path / "shards", shard_size=20)
     cfg = ClipTrainConfig(loss="siglip", accum_steps=2, max_steps=3, batch_size=8, warmup_steps=1, log_every=1)
-    result = run_train_job(TrainJob(train=str(tmp_path / "shards" / "{00000..00003}.tar"), workdir=tmp_path / "work"),
-                           cfg, RayTrainOptions(num_workers=1, storage_path=str(tmp_path / "runs"), name="wds"))
+    result = run_train_job(
+        TrainJob(train=str(tmp_path / "shards" / "{00000..00003}.tar"), workdir=tmp_path / "work"),
+        cfg,
+        RayTrainOptions(num_workers=1, storage_path=str(tmp_path / "runs"), name="wds"),
+    )
     assert result.steps == 3 and all(h["loss"] > 0 for h in result.history)
     saved = json.loads((result.checkpoint / "config.json").read_text())
     assert saved["train"]["loss"] == "siglip" and "init_logit_bias" in saved["open_clip"]

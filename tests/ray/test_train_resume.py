@@ -56,19 +56,28 @@ def test_two_worker_run_resumes_after_its_driver_is_killed(ray_session, tmp_path
     storage, name = str(tmp_path / "runs"), "resume-me"
     address = ray_session.get_runtime_context().gcs_address
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), address, storage, name], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "driver.py"), address, storage, name],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     try:
         while not _checkpoints(tmp_path / "runs" / name):
-            assert proc.poll() is None, f"the first run ended before its first checkpoint: {proc.stderr.read().decode()[-3000:]}"
+            assert proc.poll() is None, (
+                f"the first run ended before its first checkpoint: {proc.stderr.read().decode()[-3000:]}"
+            )
             assert time.time() < deadline, "no checkpoint within 240 s"
             time.sleep(0.2)
         time.sleep(0.5)  # let the checkpoint's report finish being recorded
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and anything it started: the run is stopped mid-way
         proc.wait()
-    stopped_at = max(json.loads((c / "config.json").read_text())["step"] for c in _checkpoints(tmp_path / "runs" / name))
+    stopped_at = max(
+        json.loads((c / "config.json").read_text())["step"] for c in _checkpoints(tmp_path / "runs" / name)
+    )
     assert stopped_at < MAX_STEPS, "the run finished before it could be stopped: raise MAX_STEPS"
 
     sys.path.insert(0, str(tmp_path))
@@ -99,10 +108,21 @@ def test_digits_zero_shot_eval_through_ray(ray_session, tmp_path):
     from raylens.train.ray_clip import RayTrainOptions, fit_clip
 
     pre = create_model("clip-tiny").preprocess
-    cfg = ClipTrainConfig(max_steps=6, batch_size=32, warmup_steps=1, log_every=3, eval_every=3,
-                          zeroshot_classes=DIGIT_CLASSES, zeroshot_templates=[ZEROSHOT_TEMPLATE])
-    result = fit_clip(read_digits(pre, "train"), cfg, RayTrainOptions(num_workers=2, storage_path=str(tmp_path), name="d"),
-                      eval_ds=read_digits(pre, "heldout"))
+    cfg = ClipTrainConfig(
+        max_steps=6,
+        batch_size=32,
+        warmup_steps=1,
+        log_every=3,
+        eval_every=3,
+        zeroshot_classes=DIGIT_CLASSES,
+        zeroshot_templates=[ZEROSHOT_TEMPLATE],
+    )
+    result = fit_clip(
+        read_digits(pre, "train"),
+        cfg,
+        RayTrainOptions(num_workers=2, storage_path=str(tmp_path), name="d"),
+        eval_ds=read_digits(pre, "heldout"),
+    )
     last = result.history[-1]
     assert {"zeroshot_top1", "zeroshot_top5", "i2t_R@1", "t2i_R@10"} <= set(last)
     assert 0.0 <= last["zeroshot_top1"] <= last["zeroshot_top5"] <= 1.0

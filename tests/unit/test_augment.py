@@ -90,10 +90,16 @@ def test_keyed_transform_gets_path_and_epoch_in_decode(tmp_path, image):
     assert not np.array_equal(out["image"][0], out["image"][1])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"scale": (0.0, 1.0)}, "scale"), ({"ratio": (2.0, 1.0)}, "ratio"), ({"magnitude": 31}, "magnitude"),
-    ({"seed": -1}, "seed"), ({"image_size": 0}, "image_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"scale": (0.0, 1.0)}, "scale"),
+        ({"ratio": (2.0, 1.0)}, "ratio"),
+        ({"magnitude": 31}, "magnitude"),
+        ({"seed": -1}, "seed"),
+        ({"image_size": 0}, "image_size"),
+    ],
+)
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainAugment(**{"image_size": 32, **kwargs})

@@ -12,8 +12,17 @@ runner = CliRunner()
 def test_bench_result_json_format(tmp_path):
     r = BenchResult("x", "images_per_s", 200.0, "loop", 100.0, params={"n": 1})
     d = json.loads(r.save(tmp_path / "r.json").read_text())
-    assert set(d) >= {"name", "metric", "value", "baseline_name", "baseline_value", "ratio", "higher_is_better",
-                      "machine", "params"}
+    assert set(d) >= {
+        "name",
+        "metric",
+        "value",
+        "baseline_name",
+        "baseline_value",
+        "ratio",
+        "higher_is_better",
+        "machine",
+        "params",
+    }
     assert d["ratio"] == 2.0 and d["machine"]["cores"] >= 1
     assert BenchResult("x", "seconds", 2.0, "b", 4.0, higher_is_better=False).ratio == 2.0
     assert "| x | images_per_s |" in markdown_table([r])
@@ -42,6 +51,8 @@ def test_cli_search_missing_index_is_clear(tmp_path):
 
 
 def test_ingest_report_summary(tmp_path):
-    rep = IngestReport("c.csv", 10, [SkippedRow("a.png", "file not found"), SkippedRow("b.png", "corrupt or truncated image (x)")])
+    rep = IngestReport(
+        "c.csv", 10, [SkippedRow("a.png", "file not found"), SkippedRow("b.png", "corrupt or truncated image (x)")]
+    )
     assert rep.summary() == "ingest of c.csv: 10 rows read, 2 skipped (1 file not found, 1 corrupt or truncated image)"
     assert json.loads(rep.save(tmp_path / "r.json").read_text())["n_skipped"] == 2

@@ -50,8 +50,15 @@ def test_decode_batch_skips_bad_rows_and_keeps_good(tmp_path):
     (tmp_path / "trunc.png").write_bytes(buf.getvalue()[:60])
     (tmp_path / "text.png").write_text("hello")
     batch = {
-        "path": np.array([str(good), str(tmp_path / "trunc.png"), str(tmp_path / "text.png"),
-                          str(tmp_path / "missing.png"), str(good)]),
+        "path": np.array(
+            [
+                str(good),
+                str(tmp_path / "trunc.png"),
+                str(tmp_path / "text.png"),
+                str(tmp_path / "missing.png"),
+                str(good),
+            ]
+        ),
         "caption": np.array(["grey", "x", "y", "z", ""]),
         "label": np.array([1, 2, 3, 4, 5]),
     }

@@ -11,7 +11,7 @@ def test_split_is_stratified_disjoint_and_seeded():
     train, held = load_digits_split("train"), load_digits_split("heldout")
     assert len(train) + len(held) == 1797 and not set(train.ids) & set(held.ids)
     counts = np.bincount(held.labels, minlength=10)
-    assert counts.min() >= 40 and counts.max() <= 50          # ~25% of each of ~180 per class
+    assert counts.min() >= 40 and counts.max() <= 50  # ~25% of each of ~180 per class
     assert np.array_equal(load_digits_split("heldout", seed=0).ids, held.ids)
     assert not np.array_equal(load_digits_split("heldout", seed=1).ids, held.ids)
 

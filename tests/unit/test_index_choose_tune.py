@@ -96,8 +96,9 @@ def clustered():
     return x, q, truth
 
 
-@pytest.mark.parametrize("factory, knob", [("IVF256,Flat", "nprobe"), ("HNSW16", "efSearch"),
-                                           ("IVF256,PQ32x4fs,Refine(SQ8)", "nprobe")])
+@pytest.mark.parametrize(
+    "factory, knob", [("IVF256,Flat", "nprobe"), ("HNSW16", "efSearch"), ("IVF256,PQ32x4fs,Refine(SQ8)", "nprobe")]
+)
 def test_autotune_reaches_recall_on_held_out_queries(clustered, factory, knob):
     x, q, truth = clustered
     idx = VectorIndex.build(x, None, model="m", checkpoint_hash="h", index_factory=factory, tune_queries=300, threads=1)

@@ -38,8 +38,12 @@ def test_same_api_with_a_gpu(monkeypatch):
     monkeypatch.setattr(fu, "to_gpu", clone)
     monkeypatch.setattr(fu, "gpu_search", search)
     x, labels = clustered_vectors(3000, 16, n_clusters=20, latent_dim=4)
-    gpu = VectorIndex.build(x, {"label": labels}, model="m", checkpoint_hash="h", index_factory="IVF32,Flat", device="cuda")
-    cpu = VectorIndex.build(x, {"label": labels}, model="m", checkpoint_hash="h", index_factory="IVF32,Flat", device="cpu")
+    gpu = VectorIndex.build(
+        x, {"label": labels}, model="m", checkpoint_hash="h", index_factory="IVF32,Flat", device="cuda"
+    )
+    cpu = VectorIndex.build(
+        x, {"label": labels}, model="m", checkpoint_hash="h", index_factory="IVF32,Flat", device="cpu"
+    )
     assert calls["train"] == 1 and calls["clone"] == 1
     assert [h.id for h in gpu.search(x[:5], k=5)[0]] == [h.id for h in cpu.search(x[:5], k=5)[0]]
     assert calls["search"] >= 2

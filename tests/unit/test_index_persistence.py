@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from raylens.errors import IndexMismatchError, IndexNotFoundError
@@ -20,7 +18,9 @@ D = 16
 
 def _build(n=300, model="clip-tiny", factory=None, seed=0):
     x, labels = clustered_vectors(n, D, n_clusters=6, latent_dim=4, seed=seed)
-    return VectorIndex.build(x, {"label": labels}, model=model, checkpoint_hash="h1", index_factory=factory, tune=False), x
+    return VectorIndex.build(
+        x, {"label": labels}, model=model, checkpoint_hash="h1", index_factory=factory, tune=False
+    ), x
 
 
 def _snapshot(d):

@@ -32,8 +32,16 @@ from raylens_domains.medical import (
 from raylens_domains.medical.retrieval import build_case_index
 
 KEY = "deid-test-key-000000000000000000"
-SMALL = dict(ct_size=12, ct_slices=6, ct_pixel_mm=8.0, ct_slice_mm=12.0, mr_size=12, mr_slices=6, mr_pixel_mm=8.0,
-             mr_slice_mm=12.0)
+SMALL = dict(
+    ct_size=12,
+    ct_slices=6,
+    ct_pixel_mm=8.0,
+    ct_slice_mm=12.0,
+    mr_size=12,
+    mr_slices=6,
+    mr_pixel_mm=8.0,
+    mr_slice_mm=12.0,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -41,9 +49,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    return generate_phantoms(tmp_path_factory.mktemp("deid_phantom"),
-                             PhantomConfig(n_patients=3, seed=11, extras=True, rle_fraction=0.5,
-                                           multiframe_fraction=0.5, **SMALL))
+    return generate_phantoms(
+        tmp_path_factory.mktemp("deid_phantom"),
+        PhantomConfig(n_patients=3, seed=11, extras=True, rle_fraction=0.5, multiframe_fraction=0.5, **SMALL),
+    )
 
 
 def _a_file(phantom, mod="CT"):
@@ -82,14 +91,29 @@ def test_basic_profile_removes_phi_and_keeps_geometry(phantom):
     assert ds.StudyInstanceUID == p.uid(before.StudyInstanceUID)
     assert ds.FrameOfReferenceUID == p.uid(before.FrameOfReferenceUID)
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID == p.uid(before.SOPInstanceUID)
-    for kw in ("InstitutionName", "OtherPatientIDs", "OperatorsName", "StudyDescription", "RequestAttributesSequence",
-               "SeriesDate"):
+    for kw in (
+        "InstitutionName",
+        "OtherPatientIDs",
+        "OperatorsName",
+        "StudyDescription",
+        "RequestAttributesSequence",
+        "SeriesDate",
+    ):
         assert kw not in ds, kw
     for kw in ("PatientBirthDate", "AccessionNumber", "StudyDate", "ReferringPhysicianName"):
         assert ds.get(kw) in ("", None), kw
     assert not any(e.tag.is_private for e in ds.iterall())
-    for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
-               "RescaleIntercept", "RescaleSlope", "Rows", "Columns", "Modality"):
+    for kw in (
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "SliceThickness",
+        "RescaleIntercept",
+        "RescaleSlope",
+        "Rows",
+        "Columns",
+        "Modality",
+    ):
         assert ds[kw].value == before[kw].value, kw
     assert ds.PixelData == before.PixelData
     assert ds.PatientIdentityRemoved == "YES"
@@ -97,8 +121,14 @@ def test_basic_profile_removes_phi_and_keeps_geometry(phantom):
 
 
 def test_profile_table_covers_the_core_attributes():
-    for tag, action in {(0x0010, 0x0010): "Z", (0x0010, 0x0020): "Z", (0x0020, 0x000D): "U",
-                        (0x0008, 0x0018): "U", (0x0008, 0x0080): "X", (0x0010, 0x0030): "Z"}.items():
+    for tag, action in {
+        (0x0010, 0x0010): "Z",
+        (0x0010, 0x0020): "Z",
+        (0x0020, 0x000D): "U",
+        (0x0008, 0x0018): "U",
+        (0x0008, 0x0080): "X",
+        (0x0010, 0x0030): "Z",
+    }.items():
         assert BASIC_PROFILE[tag] == action
 
 
@@ -154,8 +184,15 @@ def test_no_phi_value_appears_anywhere_in_the_outputs(phantom, tmp_path, caplog)
     assert len(list(copies.rglob("*.dcm"))) == phantom.n_files  # every ingested file (skipped series excluded)
     # positive control: the sources do hold the PHI values the check looks for
     source = b"".join(d for _, d in _all_bytes(Path(phantom.patients[0].folders["CT"])))
-    assert all(v.encode() in source for v in (phantom.patients[0].patient_name, phantom.patients[0].patient_id,
-                                              phantom.patients[0].institution, phantom.patients[0].study_uids["CT"]))
+    assert all(
+        v.encode() in source
+        for v in (
+            phantom.patients[0].patient_name,
+            phantom.patients[0].patient_id,
+            phantom.patients[0].institution,
+            phantom.patients[0].study_uids["CT"],
+        )
+    )
     _assert_no_phi(_all_bytes(out), phantom.phi_values())
 
     # the copies are valid DICOM, keep the geometry, and pair by pseudonymised patient id

@@ -31,15 +31,27 @@ from raylens_domains.medical.volume import apply_rescale, check_decoder
 
 KEY = "unit-test-key-0123456789abcdef"
 PSEUDO = Pseudonymizer(KEY)
-SMALL = dict(ct_size=16, ct_slices=10, ct_pixel_mm=6.0, ct_slice_mm=8.0, mr_size=16, mr_slices=9, mr_pixel_mm=6.0,
-             mr_slice_mm=9.0)
+SMALL = dict(
+    ct_size=16,
+    ct_slices=10,
+    ct_pixel_mm=6.0,
+    ct_slice_mm=8.0,
+    mr_size=16,
+    mr_slices=9,
+    mr_pixel_mm=6.0,
+    mr_slice_mm=9.0,
+)
 
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantom")
-    return generate_phantoms(root, PhantomConfig(n_patients=3, seed=5, extras=True, rle_fraction=0.5,
-                                                 multiframe_fraction=0.5, ct_tilt_fraction=0.5, **SMALL))
+    return generate_phantoms(
+        root,
+        PhantomConfig(
+            n_patients=3, seed=5, extras=True, rle_fraction=0.5, multiframe_fraction=0.5, ct_tilt_fraction=0.5, **SMALL
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -246,8 +258,10 @@ def test_ingest_config_validation():
 def test_phantom_files_are_stored_out_of_order(phantom):
     p = phantom.patients[0]
     files = sorted(os.listdir(p.folders["CT"]))
-    z = [float(pydicom.dcmread(Path(p.folders["CT"]) / f, stop_before_pixels=True).ImagePositionPatient[2])
-         for f in files]
+    z = [
+        float(pydicom.dcmread(Path(p.folders["CT"]) / f, stop_before_pixels=True).ImagePositionPatient[2])
+        for f in files
+    ]
     assert z != sorted(z) and z != sorted(z, reverse=True)
 
 
@@ -256,8 +270,17 @@ def test_fast_header_parsing_matches_pydicom(phantom):
     from raylens_domains.medical.dicom_scan import _FAST_TAGS, _fast
 
     files = [str(f) for p in phantom.patients for m in p.modalities for f in Path(p.folders[m]).iterdir()][:20]
-    files += [get_testdata_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm",
-                                            "MR_small_implicit.dcm", "rtdose.dcm", "liver_1frame.dcm")]
+    files += [
+        get_testdata_file(n)
+        for n in (
+            "CT_small.dcm",
+            "MR_small.dcm",
+            "MR_small_bigendian.dcm",
+            "MR_small_implicit.dcm",
+            "rtdose.dcm",
+            "liver_1frame.dcm",
+        )
+    ]
     n_checked = 0
     for f in files:
         fast_ds = pydicom.dcmread(f, stop_before_pixels=True)
@@ -279,9 +302,19 @@ def test_fast_header_parsing_matches_pydicom(phantom):
 def test_native_pixel_fast_path_matches_pixel_array(phantom):
     from raylens_domains.medical.volume import native_pixels
 
-    files = [get_testdata_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm",
-                                            "MR_small_implicit.dcm", "rtdose.dcm", "MR_small_RLE.dcm",
-                                            "SC_rgb_small_odd.dcm", "liver_1frame.dcm")]
+    files = [
+        get_testdata_file(n)
+        for n in (
+            "CT_small.dcm",
+            "MR_small.dcm",
+            "MR_small_bigendian.dcm",
+            "MR_small_implicit.dcm",
+            "rtdose.dcm",
+            "MR_small_RLE.dcm",
+            "SC_rgb_small_odd.dcm",
+            "liver_1frame.dcm",
+        )
+    ]
     files += [str(next(Path(p.folders[m]).iterdir())) for p in phantom.patients for m in p.modalities]
     n_fast = 0
     for f in files:
@@ -300,8 +333,17 @@ def test_plain_pixels_are_read_at_the_offset_found_by_the_header_pass(phantom, t
 
     from raylens_domains.medical.volume import read_plain_pixels
 
-    files = [get_testdata_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm",
-                                            "MR_small_implicit.dcm", "rtdose.dcm", "MR_small_RLE.dcm")]
+    files = [
+        get_testdata_file(n)
+        for n in (
+            "CT_small.dcm",
+            "MR_small.dcm",
+            "MR_small_bigendian.dcm",
+            "MR_small_implicit.dcm",
+            "rtdose.dcm",
+            "MR_small_RLE.dcm",
+        )
+    ]
     files += [str(f) for p in phantom.patients for m in p.modalities for f in list(Path(p.folders[m]).iterdir())[:2]]
     n_plain = 0
     for f in files:

@@ -47,8 +47,13 @@ def _arrays(n=24, seed=0):
     a, b = rng.integers(0, 2, n), rng.integers(0, 2, n)
     ct[a == 1, 4:9, 4:9, 4:9] += 1.0
     mr[b == 1, 6:11, 6:11, 6:11] += 1.0
-    return {"ct": ct, "mr": mr, "mr_aligned": mr.copy(), "present": np.ones((n, 2), np.float32),
-            "label": (a & b).astype(np.int64)}
+    return {
+        "ct": ct,
+        "mr": mr,
+        "mr_aligned": mr.copy(),
+        "present": np.ones((n, 2), np.float32),
+        "label": (a & b).astype(np.int64),
+    }
 
 
 @pytest.mark.parametrize("name", ["early", "mid", "late", "ct_only", "mr_only"])
@@ -70,9 +75,16 @@ def test_mid_fusion_at_every_stage(stage, fuse):
         assert m(_batch(2)).shape == (2,)
 
 
-@pytest.mark.parametrize("name,kw", [("mid", {"fuse": "attention"}), ("mid", {"fuse": "concat"}),
-                                     ("late", {"combine": "learned"}), ("late", {"combine": "mean"}),
-                                     ("late", {"combine": "logit"})])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("mid", {"fuse": "attention"}),
+        ("mid", {"fuse": "concat"}),
+        ("late", {"combine": "learned"}),
+        ("late", {"combine": "mean"}),
+        ("late", {"combine": "logit"}),
+    ],
+)
 def test_absent_modality_is_ignored_by_mid_and_late_fusion(name, kw):
     """With MR marked absent, whatever is in the MR input does not change the prediction."""
     m = create_fusion_model(name, encoder=ENC, **kw).eval()
@@ -128,8 +140,15 @@ def test_train_config_validation():
 @pytest.mark.parametrize("name", ["early", "mid", "late"])
 def test_training_loop_learns_the_toy_task_and_checkpoints_round_trip(name, tmp_path):
     arrays = _arrays(32)
-    cfg = FusionTrainConfig(model=name, epochs=4, batch_size=8, lr=5e-3, model_kwargs={"encoder": ENC},
-                            modality_dropout=0.1 if name != "early" else 0.0, seed=1)
+    cfg = FusionTrainConfig(
+        model=name,
+        epochs=4,
+        batch_size=8,
+        lr=5e-3,
+        model_kwargs={"encoder": ENC},
+        modality_dropout=0.1 if name != "early" else 0.0,
+        seed=1,
+    )
     seen = []
     res = train_fusion(cfg, arrays, arrays, report=lambda e, m, model: seen.append(e))
     assert seen == list(range(4)) and len(res.history) == 4
@@ -166,8 +185,9 @@ def test_load_checkpoint_refuses_a_non_checkpoint(tmp_path):
 def test_metrics_and_roc_png(tmp_path):
     m = binary_metrics([0, 0, 1, 1, 1], [0.1, 0.6, 0.4, 0.8, 0.9])
     assert m.auc == pytest.approx(5 / 6) and m.accuracy == pytest.approx(0.6) and m.f1 == pytest.approx(2 / 3)
-    path = save_roc_png({"a": ([0, 0, 1, 1, 1], [0.1, 0.6, 0.4, 0.8, 0.9]), "b": ([0, 1], [0.2, 0.3])},
-                        tmp_path / "roc.png")
+    path = save_roc_png(
+        {"a": ([0, 0, 1, 1, 1], [0.1, 0.6, 0.4, 0.8, 0.9]), "b": ([0, 1], [0.2, 0.3])}, tmp_path / "roc.png"
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| a | 0.833 |" in metrics_table({"a": m})
     with pytest.raises(ValueError, match="0 or 1"):

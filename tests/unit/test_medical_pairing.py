@@ -22,8 +22,16 @@ from raylens_domains.medical.phantom import render_phantom
 from raylens_domains.medical.transforms import NormalizeVolumed
 
 KEY = "pairing-test-key-0000000000000000"
-SMALL = dict(ct_size=16, ct_slices=10, ct_pixel_mm=6.0, ct_slice_mm=8.0, mr_size=16, mr_slices=9, mr_pixel_mm=6.5,
-             mr_slice_mm=9.0)
+SMALL = dict(
+    ct_size=16,
+    ct_slices=10,
+    ct_pixel_mm=6.0,
+    ct_slice_mm=8.0,
+    mr_size=16,
+    mr_slices=9,
+    mr_pixel_mm=6.5,
+    mr_slice_mm=9.0,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,8 +39,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    ph = generate_phantoms(tmp_path_factory.mktemp("pairing"), PhantomConfig(n_patients=4, seed=0, same_study=False,
-                                                                             missing_modality_fraction=0.3, **SMALL))
+    ph = generate_phantoms(
+        tmp_path_factory.mktemp("pairing"),
+        PhantomConfig(n_patients=4, seed=0, same_study=False, missing_modality_fraction=0.3, **SMALL),
+    )
     rows, _ = ingest_series(ph.root, DicomIngestConfig(deid=DeidConfig(key=KEY), labels=ph.labels()))
     return ph, rows
 
@@ -106,8 +116,13 @@ def test_normalize_volume_keeps_patient_positions(data):
     """The returned geometry describes the returned array: the body centre stays where it was."""
     ph, rows = data
     p = ph.patients[0]
-    ct = next(r for r in rows if r["modality"] == "CT" and r["patient_id"] == Pseudonymizer(KEY).patient_id(p.patient_id)) \
-        if "CT" in p.modalities else None
+    ct = (
+        next(
+            r for r in rows if r["modality"] == "CT" and r["patient_id"] == Pseudonymizer(KEY).patient_id(p.patient_id)
+        )
+        if "CT" in p.modalities
+        else None
+    )
     if ct is None:
         pytest.skip("patient 0 has no CT in this draw")
     cfg = VolumeTransformConfig(target_spacing=(4.0, 4.0, 4.0), spatial_size=(24, 24, 24))
@@ -155,7 +170,9 @@ def test_predictor_uses_whatever_modalities_are_present(data):
     _, rows = data
     cfg = VolumeTransformConfig(spatial_size=(16, 16, 16))
     enc = EncoderConfig(widths=(4, 8, 8, 8))
-    preds = FusionPredictor(create_fusion_model("late", encoder=enc), transform=cfg, pair_by="patient").predict_rows(rows)
+    preds = FusionPredictor(create_fusion_model("late", encoder=enc), transform=cfg, pair_by="patient").predict_rows(
+        rows
+    )
     used = sorted(tuple(p.modalities_used) for p in preds)
     assert ("CT", "MR") in used and any(len(u) == 1 for u in used)
     assert all(0.0 <= p.probability <= 1.0 and p.model == "late" and not p.warnings for p in preds)

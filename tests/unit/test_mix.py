@@ -30,18 +30,32 @@ def _batch(n=6, size=16):
     return torch.rand(n, 3, size, size, generator=g), torch.tensor([0, 1, 2, 3, 4, 1])[:n]
 
 
-@pytest.mark.parametrize("mixup_alpha,cutmix_alpha,prob,switch_prob", [
-    (0.8, 0.0, 1.0, 0.5), (0.0, 1.0, 1.0, 0.5), (0.8, 1.0, 1.0, 0.5), (0.8, 1.0, 1.0, 1.0), (0.8, 1.0, 0.0, 0.5),
-])
+@pytest.mark.parametrize(
+    "mixup_alpha,cutmix_alpha,prob,switch_prob",
+    [
+        (0.8, 0.0, 1.0, 0.5),
+        (0.0, 1.0, 1.0, 0.5),
+        (0.8, 1.0, 1.0, 0.5),
+        (0.8, 1.0, 1.0, 1.0),
+        (0.8, 1.0, 0.0, 0.5),
+    ],
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_timm_mixup(mixup_alpha, cutmix_alpha, prob, switch_prob, seed):
     x, y = _batch()
-    timm_mix = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob,
-                     label_smoothing=0.1, num_classes=5)
+    timm_mix = Mixup(
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
+        prob=prob,
+        switch_prob=switch_prob,
+        label_smoothing=0.1,
+        num_classes=5,
+    )
     np.random.seed(seed)
     want_x, want_y = timm_mix(x.clone(), y.clone())
-    ours = MixUpCutMix(5, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob,
-                       label_smoothing=0.1)
+    ours = MixUpCutMix(
+        5, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob, label_smoothing=0.1
+    )
     got = ours(x.clone(), y.clone(), _LegacyDraws(seed))
     torch.testing.assert_close(got.images, want_x)
     torch.testing.assert_close(got.targets, want_y)
@@ -87,10 +101,14 @@ def test_seeded_generator_reproduces_and_seeds_differ():
     assert len(lams) == 5
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"num_classes": 1}, "num_classes"), ({"num_classes": 3, "mixup_alpha": -1}, "alphas"),
-    ({"num_classes": 3, "switch_prob": 2}, "switch_prob"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"num_classes": 1}, "num_classes"),
+        ({"num_classes": 3, "mixup_alpha": -1}, "alphas"),
+        ({"num_classes": 3, "switch_prob": 2}, "switch_prob"),
+    ],
+)
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MixUpCutMix(**kwargs)

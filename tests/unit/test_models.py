@@ -36,7 +36,8 @@ def test_checkpoint_roundtrip_into_raylens_and_plain_open_clip(tmp_path):
     np.testing.assert_allclose(again.encode_texts(q), m.encode_texts(q), atol=1e-6)
     # plain open_clip loads the same weights by architecture name + file path
     oc, _, preprocess = open_clip.create_model_and_transforms(
-        "raylens-clip-tiny", pretrained=str(tmp_path / "ckpt" / "model.safetensors"))
+        "raylens-clip-tiny", pretrained=str(tmp_path / "ckpt" / "model.safetensors")
+    )
     with torch.no_grad():
         ref = torch.nn.functional.normalize(oc.encode_text(m.tokenize(q)), dim=-1).numpy()
     np.testing.assert_allclose(ref, m.encode_texts(q), atol=1e-6)

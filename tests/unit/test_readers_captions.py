@@ -33,13 +33,16 @@ def test_parquet_columns_from_file_and_folder(tmp_path):
     assert [p.name for p in parquet_files(tmp_path / "d")] == ["part-0.parquet", "part-1.parquet"]
 
 
-@pytest.mark.parametrize("columns,match", [
-    ({"path": ["a"], "text": ["x"]}, r"lacks column\(s\) \['caption'\]; it has \['path', 'text'\]"),
-    ({"jpg": [b"x"], "caption": ["x"]}, r"lacks column\(s\) \['path'\].*rename 'jpg' to 'image_bytes'"),
-    ({"image_bytes": [b"x"], "caption": ["x"]}, r"'path' still names each row in reports: add a 'path' column"),
-    ({"path": ["a"], "caption": ["x"], "image_bytes": ["text"]}, "'image_bytes' must be binary"),
-    ({"path": pa.array([], pa.string()), "caption": pa.array([], pa.string())}, "has no rows"),
-])
+@pytest.mark.parametrize(
+    "columns,match",
+    [
+        ({"path": ["a"], "text": ["x"]}, r"lacks column\(s\) \['caption'\]; it has \['path', 'text'\]"),
+        ({"jpg": [b"x"], "caption": ["x"]}, r"lacks column\(s\) \['path'\].*rename 'jpg' to 'image_bytes'"),
+        ({"image_bytes": [b"x"], "caption": ["x"]}, r"'path' still names each row in reports: add a 'path' column"),
+        ({"path": ["a"], "caption": ["x"], "image_bytes": ["text"]}, "'image_bytes' must be binary"),
+        ({"path": pa.array([], pa.string()), "caption": pa.array([], pa.string())}, "has no rows"),
+    ],
+)
 def test_bad_parquet_is_a_clear_error(tmp_path, columns, match):
     f = _write(tmp_path / "c.parquet", **columns)
     with pytest.raises(ValueError, match=match):
@@ -61,14 +64,18 @@ def test_not_parquet_or_missing(tmp_path):
 
 def test_decode_embedded_bytes_path_fallback_and_bad_rows(tmp_path):
     Image.fromarray(np.full((10, 10, 3), 9, np.uint8)).save(tmp_path / "on_disk.png")
-    f = _write(tmp_path / "c.parquet",
-               path=["emb.png", str(tmp_path / "on_disk.png"), "bad.png", "nocap.png"],
-               caption=["embedded", "read from path", "corrupt bytes", None],
-               image_bytes=[_png_bytes(), None, b"\x89PNG broken", _png_bytes()])
+    f = _write(
+        tmp_path / "c.parquet",
+        path=["emb.png", str(tmp_path / "on_disk.png"), "bad.png", "nocap.png"],
+        caption=["embedded", "read from path", "corrupt bytes", None],
+        image_bytes=[_png_bytes(), None, b"\x89PNG broken", _png_bytes()],
+    )
     table = pq.read_table(f)
     batch = {c: np.asarray(table[c].to_pylist(), dtype=object) for c in table.column_names}
     out, skipped = decode_captioned_batch(batch, ClipPreprocess(8))
     assert out["path"].tolist() == ["emb.png", str(tmp_path / "on_disk.png")] and "image_bytes" not in out
     assert out["image"].shape == (2, 3, 8, 8)
     assert {s.path: s.reason.split(" (")[0] for s in skipped} == {
-        "bad.png": "not a readable image", "nocap.png": "missing caption"}
+        "bad.png": "not a readable image",
+        "nocap.png": "missing caption",
+    }

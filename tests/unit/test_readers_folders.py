@@ -41,7 +41,8 @@ def test_captions_from_template_and_skipped_non_images(tree):
     assert by_class["golden_retriever"] == "a golden retriever photo"
     assert caption_for("sea_lion") == "a photo of a sea lion"
     assert [(s.path.rsplit("/", 1)[-1], s.reason) for s in listing.skipped] == [
-        ("notes.txt", "not an image file (extension)")]
+        ("notes.txt", "not an image file (extension)")
+    ]
 
 
 def test_decode_skips_corrupt_image_in_folder(tree):

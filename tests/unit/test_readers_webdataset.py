@@ -25,8 +25,9 @@ def _pairs(n):
 
 
 def _results(shard):
-    return [(x.path.rsplit(":", 1)[-1], x.reason if isinstance(x, SkippedRow) else x.caption)
-            for x in iter_shard(shard)]
+    return [
+        (x.path.rsplit(":", 1)[-1], x.reason if isinstance(x, SkippedRow) else x.caption) for x in iter_shard(shard)
+    ]
 
 
 def test_writer_uses_img2dataset_layout(tmp_path):
@@ -55,29 +56,55 @@ def test_shard_patterns(tmp_path):
 
 
 def test_bad_members_are_skipped_with_shard_and_key(tmp_path):
-    shard = write_tar(tmp_path / "s.tar", [
-        ("a.jpg", _jpeg()), ("a.txt", b"ok"),
-        ("b.jpg", _jpeg()),                                             # image without caption
-        ("c.txt", b"caption without image"),                            # caption without image
-        ("d.png", _jpeg()), ("d.json", json.dumps({"caption": "from json"}).encode()),
-        ("e.jpg", _jpeg()), ("e.json", b"{not json"),                   # bad json, no txt
-        ("f.jpg", _jpeg()), ("f.txt", b"   "),                          # blank caption
-        ("g.jpg", _jpeg()), ("g.jpg", _jpeg()), ("g.txt", b"twice"),    # duplicate member
-        ("h.txt", b"x"), ("h.cls", b"3"),                               # no image
-        ("dir/i.webp", _jpeg()), ("dir/i.txt", b"in a folder"),
-    ])
+    shard = write_tar(
+        tmp_path / "s.tar",
+        [
+            ("a.jpg", _jpeg()),
+            ("a.txt", b"ok"),
+            ("b.jpg", _jpeg()),  # image without caption
+            ("c.txt", b"caption without image"),  # caption without image
+            ("d.png", _jpeg()),
+            ("d.json", json.dumps({"caption": "from json"}).encode()),
+            ("e.jpg", _jpeg()),
+            ("e.json", b"{not json"),  # bad json, no txt
+            ("f.jpg", _jpeg()),
+            ("f.txt", b"   "),  # blank caption
+            ("g.jpg", _jpeg()),
+            ("g.jpg", _jpeg()),
+            ("g.txt", b"twice"),  # duplicate member
+            ("h.txt", b"x"),
+            ("h.cls", b"3"),  # no image
+            ("dir/i.webp", _jpeg()),
+            ("dir/i.txt", b"in a folder"),
+        ],
+    )
     got = _results(shard)
     assert got == [
-        ("a", "ok"), ("b", "missing caption"), ("c", "missing image"), ("d", "from json"), ("e", "missing caption"),
-        ("f", "missing caption"), ("g", "duplicate member (g.jpg)"), ("h", "missing image"), ("dir/i", "in a folder"),
+        ("a", "ok"),
+        ("b", "missing caption"),
+        ("c", "missing image"),
+        ("d", "from json"),
+        ("e", "missing caption"),
+        ("f", "missing caption"),
+        ("g", "duplicate member (g.jpg)"),
+        ("h", "missing image"),
+        ("dir/i", "in a folder"),
     ]
 
 
 def test_corrupt_image_is_skipped_at_decode_with_shard_key(tmp_path):
-    shard = write_tar(tmp_path / "s.tar", [("a.jpg", _jpeg()), ("a.txt", b"fine"),
-                                          ("b.jpg", _jpeg()[:40]), ("b.txt", b"cut jpeg"),
-                                          ("c.jpg", b"hello"), ("c.txt", b"text as jpeg")])
-    (batch, skipped), = list(shard_batches(shard, batch_size=10))
+    shard = write_tar(
+        tmp_path / "s.tar",
+        [
+            ("a.jpg", _jpeg()),
+            ("a.txt", b"fine"),
+            ("b.jpg", _jpeg()[:40]),
+            ("b.txt", b"cut jpeg"),
+            ("c.jpg", b"hello"),
+            ("c.txt", b"text as jpeg"),
+        ],
+    )
+    ((batch, skipped),) = list(shard_batches(shard, batch_size=10))
     assert skipped == [] and batch["path"].tolist() == [f"{shard}:a", f"{shard}:b", f"{shard}:c"]
     out, bad = decode_captioned_batch(batch, ClipPreprocess(8))
     assert out["path"].tolist() == [f"{shard}:a"] and out["image"].shape == (1, 3, 8, 8) and "image_bytes" not in out
@@ -85,17 +112,24 @@ def test_corrupt_image_is_skipped_at_decode_with_shard_key(tmp_path):
     assert bad[0].reason.startswith("corrupt or truncated image") and bad[1].reason.startswith("not a readable image")
 
 
-@pytest.mark.parametrize("cut,want", [
-    (700, [("00000.tar:000000", "truncated or corrupt tar")]),                     # inside the first image
-    (4000, [("00000.tar:000000", "truncated or corrupt tar")]),                    # inside a header
-    (5000, [("00000.tar:000000", "caption 0"), ("00000.tar:000001", "truncated or corrupt tar")]),
-    (300, [("00000.tar", "not a readable tar file")]),                            # not even one header
-])
+@pytest.mark.parametrize(
+    "cut,want",
+    [
+        (700, [("00000.tar:000000", "truncated or corrupt tar")]),  # inside the first image
+        (4000, [("00000.tar:000000", "truncated or corrupt tar")]),  # inside a header
+        (5000, [("00000.tar:000000", "caption 0"), ("00000.tar:000001", "truncated or corrupt tar")]),
+        (300, [("00000.tar", "not a readable tar file")]),  # not even one header
+    ],
+)
 def test_truncated_tar_keeps_what_came_before(tmp_path, cut, want):
-    shard, = write_webdataset_shards(_pairs(3), tmp_path / "w", shard_size=3)
+    (shard,) = write_webdataset_shards(_pairs(3), tmp_path / "w", shard_size=3)
     (tmp_path / "00000.tar").write_bytes(shard.read_bytes()[:cut])
-    got = [(p.rsplit("/", 1)[-1], r.split(" (")[0]) for p, r in
-           ((x.path, x.reason if isinstance(x, SkippedRow) else x.caption) for x in iter_shard(tmp_path / "00000.tar"))]
+    got = [
+        (p.rsplit("/", 1)[-1], r.split(" (")[0])
+        for p, r in (
+            (x.path, x.reason if isinstance(x, SkippedRow) else x.caption) for x in iter_shard(tmp_path / "00000.tar")
+        )
+    ]
     assert got == want
 
 
@@ -106,10 +140,17 @@ def test_unreadable_shards(tmp_path):
 
 
 def test_shard_batches_split_and_carry_skips(tmp_path):
-    shard = write_tar(tmp_path / "s.tar", [(f"{k}.jpg", _jpeg()) for k in "ab"] + [("a.txt", b"late")]
-                      + [(f"{k}.{e}", d) for k in "cde" for e, d in (("jpg", _jpeg()), ("txt", b"c"))])
+    shard = write_tar(
+        tmp_path / "s.tar",
+        [(f"{k}.jpg", _jpeg()) for k in "ab"]
+        + [("a.txt", b"late")]
+        + [(f"{k}.{e}", d) for k in "cde" for e, d in (("jpg", _jpeg()), ("txt", b"c"))],
+    )
     batches = list(shard_batches(shard, batch_size=2))
     assert [b["key"].tolist() for b, _ in batches] == [["c", "d"], ["e"]]
     # "a" and "b" come before the first batch; the late "a.txt" starts a new sample "a" without image
     assert [(s.path.rsplit(":", 1)[-1], s.reason) for s in batches[0][1]] == [
-        ("a", "missing caption"), ("b", "missing caption"), ("a", "missing image")]
+        ("a", "missing caption"),
+        ("b", "missing caption"),
+        ("a", "missing image"),
+    ]

@@ -24,8 +24,12 @@ def searcher(model, tmp_path):
         paths.append(str(p))
         images.append(model.preprocess(arr))
     vectors = model.encode_images(np.stack(images))
-    index = VectorIndex.build(vectors, {"path": paths, "caption": [f"picture {i}" for i in range(6)]},
-                              model="clip-tiny", checkpoint_hash=model.checkpoint_hash)
+    index = VectorIndex.build(
+        vectors,
+        {"path": paths, "caption": [f"picture {i}" for i in range(6)]},
+        model="clip-tiny",
+        checkpoint_hash=model.checkpoint_hash,
+    )
     return Searcher(model, index)
 
 
@@ -39,8 +43,15 @@ def test_text_and_image_search(searcher):
     assert len(searcher.texts(["a", "b"], k=2)) == 2
 
 
-@pytest.mark.parametrize("query,k,match", [("", 3, "empty query"), ("  ", 3, "empty query"),
-                                           ("x", 0, "k must be"), ("x", 7, r"k must be an int in \[1, 6\]")])
+@pytest.mark.parametrize(
+    "query,k,match",
+    [
+        ("", 3, "empty query"),
+        ("  ", 3, "empty query"),
+        ("x", 0, "k must be"),
+        ("x", 7, r"k must be an int in \[1, 6\]"),
+    ],
+)
 def test_bad_queries(searcher, query, k, match):
     with pytest.raises(ValueError, match=match):
         searcher.text(query, k=k)
@@ -54,7 +65,8 @@ def test_missing_query_image_and_index(searcher, tmp_path):
 
 
 def test_model_index_mismatch(model):
-    index = VectorIndex.build(np.eye(4, 128, dtype=np.float32), {"path": list("abcd")}, model="clip-small",
-                              checkpoint_hash="other")
+    index = VectorIndex.build(
+        np.eye(4, 128, dtype=np.float32), {"path": list("abcd")}, model="clip-small", checkpoint_hash="other"
+    )
     with pytest.raises(IndexMismatchError, match="built with model 'clip-small'"):
         Searcher(model, index)

@@ -1,4 +1,4 @@
-"""services/search.yaml and raylens.serve.config: the config is valid for Serve, sets autoscaling and the
+"""services/raylens_services/search.yaml and raylens.serve.config: the config is valid for Serve, sets autoscaling and the
 A/B split, and resolves for `raylens serve` (no cluster is started)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import yaml
 
 from raylens.serve.config import resolve_config, search_app
 
-CONFIG = Path(__file__).resolve().parents[2] / "services" / "search.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "services" / "raylens_services" / "search.yaml"
 
 
 def _cfg() -> dict:
@@ -36,15 +36,17 @@ def test_config_passes_serves_schema_and_sets_autoscaling_and_ab():
 
 def test_resolve_config_makes_paths_absolute_and_applies_overrides(tmp_path):
     cfg = _cfg()
-    out = resolve_config(cfg, base_dir=tmp_path, port=9001, host="127.0.0.1", indices="a=x/idx,b=/abs/idx",
-                         checkpoint="ckpt")
+    out = resolve_config(
+        cfg, base_dir=tmp_path, port=9001, host="127.0.0.1", indices="a=x/idx,b=/abs/idx", checkpoint="ckpt"
+    )
     args = search_app(out)["args"]
     assert out["http_options"] == {"host": "127.0.0.1", "port": 9001}
     assert args["indices"] == {"a": str(tmp_path / "x/idx"), "b": "/abs/idx"}
     assert args["checkpoint"] == str(tmp_path / "ckpt")
     assert search_app(cfg)["args"]["indices"] == {"natural": "raylens-demo/index"}  # the input is not changed
     assert resolve_config(cfg, base_dir=tmp_path, indices="only/idx")["applications"][0]["args"]["indices"] == {
-        "default": str(tmp_path / "only/idx")}
+        "default": str(tmp_path / "only/idx")
+    }
     with pytest.raises(ValueError, match="port"):
         resolve_config(cfg, port=0)
     with pytest.raises(ValueError, match="no application"):

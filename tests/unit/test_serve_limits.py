@@ -77,11 +77,22 @@ def test_api_key(monkeypatch):
     assert _status(check_api_key, "wrong") == (401, "unauthorized")
 
 
-@pytest.mark.parametrize("name,ok", [
-    ("a/b.dcm", True), ("series/IM0001", True), ("./x.dcm", True),
-    ("../evil", False), ("a/../../evil", False), ("/etc/passwd", False), ("C:/x", False),
-    ("a\\..\\b", False), ("", False), ("a/\x00b", False), ("..", False),
-])
+@pytest.mark.parametrize(
+    "name,ok",
+    [
+        ("a/b.dcm", True),
+        ("series/IM0001", True),
+        ("./x.dcm", True),
+        ("../evil", False),
+        ("a/../../evil", False),
+        ("/etc/passwd", False),
+        ("C:/x", False),
+        ("a\\..\\b", False),
+        ("", False),
+        ("a/\x00b", False),
+        ("..", False),
+    ],
+)
 def test_member_names(name, ok):
     assert is_safe_member_name(name) is ok
 
@@ -91,13 +102,16 @@ def test_safe_zip_members_reads_in_memory():
     assert members == {"a/1.dcm": b"one", "a/2.dcm": b"two"}
 
 
-@pytest.mark.parametrize("data,expected", [
-    (b"not a zip at all", (400, "bad_archive")),
-    (b"", (400, "bad_archive")),
-    (_zip({"../../escape.dcm": b"x"}), (400, "unsafe_archive_path")),
-    (_zip({"/abs.dcm": b"x"}), (400, "unsafe_archive_path")),
-    (_zip({"ok.dcm": b"x"}, symlink="link.dcm"), (400, "unsafe_archive_link")),
-])
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (b"not a zip at all", (400, "bad_archive")),
+        (b"", (400, "bad_archive")),
+        (_zip({"../../escape.dcm": b"x"}), (400, "unsafe_archive_path")),
+        (_zip({"/abs.dcm": b"x"}), (400, "unsafe_archive_path")),
+        (_zip({"ok.dcm": b"x"}, symlink="link.dcm"), (400, "unsafe_archive_link")),
+    ],
+)
 def test_bad_archives_are_400(data, expected):
     assert _status(safe_zip_members, data) == expected
 

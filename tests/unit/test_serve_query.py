@@ -38,7 +38,9 @@ def _err(fn, *a, **kw) -> tuple[int, str]:
 
 
 def test_parse_text_image_and_embedding_queries():
-    q = parse_search({"text": "a red circle", "k": 5, "filters": {"shape": ["circle", "square"]}, "index": "natural"}, LIMITS)
+    q = parse_search(
+        {"text": "a red circle", "k": 5, "filters": {"shape": ["circle", "square"]}, "index": "natural"}, LIMITS
+    )
     assert (q.kind, q.text, q.k, q.index) == ("text", "a red circle", 5, "natural")
     q = parse_search({"image_b64": base64.b64encode(_png()).decode()}, LIMITS)
     assert q.kind == "image" and q.image.shape == (16, 16, 3) and q.k == 10
@@ -48,32 +50,35 @@ def test_parse_text_image_and_embedding_queries():
     assert q.kind == "embedding" and q.embedding.dtype == np.float32
 
 
-@pytest.mark.parametrize("body,status,code", [
-    ([], 400, "bad_request"),
-    ({}, 422, "one_query"),
-    ({"text": "a", "embedding": [1.0]}, 422, "one_query"),
-    ({"text": "a", "kk": 3}, 422, "unknown_fields"),
-    ({"text": 3}, 422, "bad_text"),
-    ({"text": "   "}, 400, "empty_text"),
-    ({"text": "x" * 51}, 413, "text_too_long"),
-    ({"text": "a", "k": 0}, 422, "bad_k"),
-    ({"text": "a", "k": 21}, 422, "bad_k"),
-    ({"text": "a", "k": True}, 422, "bad_k"),
-    ({"text": "a", "k": 2.5}, 422, "bad_k"),
-    ({"text": "a", "index": "../etc"}, 422, "bad_index_name"),
-    ({"text": "a", "filters": [1]}, 422, "bad_filters"),
-    ({"text": "a", "filters": {"c": {"like": 1}}}, 422, "bad_filters"),
-    ({"text": "a", "filters": {"c": [{"x": 1}]}}, 422, "bad_filters"),
-    ({"text": "a", "filters": {"c": [1, "a"]}}, 422, "bad_filters"),
-    ({"text": "a", "filters": {"c": float("nan")}}, 422, "bad_filters"),
-    ({"embedding": []}, 422, "bad_embedding"),
-    ({"embedding": [0.0, 0.0]}, 422, "bad_embedding"),
-    ({"embedding": [1.0, "x"]}, 422, "bad_embedding"),
-    ({"embedding": [float("inf")]}, 422, "bad_embedding"),
-    ({"image_b64": "!!!"}, 400, "bad_base64"),
-    ({"image_b64": base64.b64encode(b"not an image").decode()}, 400, "bad_image"),
-    ({"image_b64": 7}, 400, "bad_base64"),
-])
+@pytest.mark.parametrize(
+    "body,status,code",
+    [
+        ([], 400, "bad_request"),
+        ({}, 422, "one_query"),
+        ({"text": "a", "embedding": [1.0]}, 422, "one_query"),
+        ({"text": "a", "kk": 3}, 422, "unknown_fields"),
+        ({"text": 3}, 422, "bad_text"),
+        ({"text": "   "}, 400, "empty_text"),
+        ({"text": "x" * 51}, 413, "text_too_long"),
+        ({"text": "a", "k": 0}, 422, "bad_k"),
+        ({"text": "a", "k": 21}, 422, "bad_k"),
+        ({"text": "a", "k": True}, 422, "bad_k"),
+        ({"text": "a", "k": 2.5}, 422, "bad_k"),
+        ({"text": "a", "index": "../etc"}, 422, "bad_index_name"),
+        ({"text": "a", "filters": [1]}, 422, "bad_filters"),
+        ({"text": "a", "filters": {"c": {"like": 1}}}, 422, "bad_filters"),
+        ({"text": "a", "filters": {"c": [{"x": 1}]}}, 422, "bad_filters"),
+        ({"text": "a", "filters": {"c": [1, "a"]}}, 422, "bad_filters"),
+        ({"text": "a", "filters": {"c": float("nan")}}, 422, "bad_filters"),
+        ({"embedding": []}, 422, "bad_embedding"),
+        ({"embedding": [0.0, 0.0]}, 422, "bad_embedding"),
+        ({"embedding": [1.0, "x"]}, 422, "bad_embedding"),
+        ({"embedding": [float("inf")]}, 422, "bad_embedding"),
+        ({"image_b64": "!!!"}, 400, "bad_base64"),
+        ({"image_b64": base64.b64encode(b"not an image").decode()}, 400, "bad_image"),
+        ({"image_b64": 7}, 400, "bad_base64"),
+    ],
+)
 def test_bad_search_bodies_are_4xx_with_a_reason(body, status, code):
     assert _err(parse_search, body, LIMITS) == (status, code)
 
@@ -159,10 +164,13 @@ def test_fastapi_errors_are_json(monkeypatch):
     assert not enable_cors(api, "")
     c = TestClient(api)
     assert c.post("/echo", content=b"abc", headers={"x-api-key": "k"}).json() == {"n": 1, "size": 3}
-    for resp, status in [(c.post("/echo", content=b"abc"), 401),
-                         (c.post("/echo", content=b"x" * 11, headers={"x-api-key": "k"}), 413),
-                         (c.post("/echo?n=x", content=b"a", headers={"x-api-key": "k"}), 422),
-                         (c.get("/nope"), 404), (c.get("/echo"), 405)]:
+    for resp, status in [
+        (c.post("/echo", content=b"abc"), 401),
+        (c.post("/echo", content=b"x" * 11, headers={"x-api-key": "k"}), 413),
+        (c.post("/echo?n=x", content=b"a", headers={"x-api-key": "k"}), 422),
+        (c.get("/nope"), 404),
+        (c.get("/echo"), 405),
+    ]:
         assert resp.status_code == status and resp.json()["error"]["status"] == status
 
 

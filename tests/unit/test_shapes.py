@@ -18,9 +18,12 @@ def test_generate_is_deterministic_and_readable(tmp_path):
         if r["split"] == "heldout":
             assert r["caption"] == full
         else:  # training captions may leave out size and/or background
-            assert r["caption"] in (full, f"a {r['size']} {r['colour']} {r['shape']}",
-                                    f"a {r['colour']} {r['shape']} on a {r['background']} background",
-                                    f"a {r['colour']} {r['shape']}")
+            assert r["caption"] in (
+                full,
+                f"a {r['size']} {r['colour']} {r['shape']}",
+                f"a {r['colour']} {r['shape']} on a {r['background']} background",
+                f"a {r['colour']} {r['shape']}",
+            )
         ia = np.asarray(Image.open(a.root / r["path"]))
         ib = np.asarray(Image.open(b.root / r["path"]))
         assert ia.shape == (64, 64, 3) and np.array_equal(ia, ib)
@@ -42,7 +45,9 @@ def test_render_colour_is_visible():
     assert ((r > 150) & (g < 80) & (b < 80)).mean() > 0.05  # a large red square covers >5% of pixels
 
 
-@pytest.mark.parametrize("kwargs", [dict(shape="hexagon"), dict(colour="teal"), dict(size="huge"), dict(background="plaid")])
+@pytest.mark.parametrize(
+    "kwargs", [dict(shape="hexagon"), dict(colour="teal"), dict(size="huge"), dict(background="plaid")]
+)
 def test_render_rejects_unknown_attributes(kwargs):
     args = dict(shape="circle", colour="red", size="small", background="grey") | kwargs
     with pytest.raises(ValueError, match="must be one of"):

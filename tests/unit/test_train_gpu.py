@@ -14,14 +14,18 @@ pytestmark = pytest.mark.gpu
 def _batches(e):
     rng = np.random.default_rng(e)
     for _ in range(2):
-        yield {"image": rng.normal(size=(8, 3, 32, 32)).astype(np.float32),
-               "caption": np.array(["a red circle", "a blue star"] * 4)}
+        yield {
+            "image": rng.normal(size=(8, 3, 32, 32)).astype(np.float32),
+            "caption": np.array(["a red circle", "a blue star"] * 4),
+        }
 
 
 @pytest.mark.parametrize("precision", ["amp", "amp_bf16"])
 def test_amp_trains_saves_and_resumes_the_scaler(tmp_path, precision):
     ctx = LocalContext(storage=tmp_path)
-    cfg = ClipTrainConfig(max_steps=3, batch_size=8, warmup_steps=1, log_every=1, precision=precision, checkpoint_every=2)
+    cfg = ClipTrainConfig(
+        max_steps=3, batch_size=8, warmup_steps=1, log_every=1, precision=precision, checkpoint_every=2
+    )
     result = train_clip(cfg, _batches, ctx)
     assert all(np.isfinite(h["loss"]) for h in result.history)
     state = torch.load(result.checkpoint / "train_state.pt", weights_only=True)

@@ -16,7 +16,7 @@ def _batches(n=16, s=32, seed=0):
 
     def epoch(e):
         for i in range(0, n, 8):
-            yield {"image": images[i:i + 8], "caption": captions[i:i + 8]}
+            yield {"image": images[i : i + 8], "caption": captions[i : i + 8]}
 
     return epoch
 
@@ -42,7 +42,9 @@ def test_loss_goes_down_on_a_learnable_task(tmp_path):
 
 def test_resume_continues_from_checkpoint(tmp_path):
     ctx = LocalContext(storage=tmp_path)
-    train_clip(ClipTrainConfig(max_steps=3, batch_size=8, warmup_steps=1, log_every=1, checkpoint_every=2), _batches(), ctx)
+    train_clip(
+        ClipTrainConfig(max_steps=3, batch_size=8, warmup_steps=1, log_every=1, checkpoint_every=2), _batches(), ctx
+    )
     # same context = same run name + storage: a longer run picks up at step 3, not 0
     resumed = train_clip(ClipTrainConfig(max_steps=5, batch_size=8, warmup_steps=1, log_every=1), _batches(), ctx)
     assert [h["step"] for h in resumed.history] == [1, 2, 3, 4, 5]
@@ -58,8 +60,15 @@ def test_schedule_and_groups():
     assert len(decay["params"]) == 1 and len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0
 
 
-@pytest.mark.parametrize("kw,match", [(dict(batch_size=1), "batch_size"), (dict(lr=2.0), "lr"),
-                                      (dict(warmup_steps=500), "warmup_steps"), (dict(max_steps=0), "max_steps")])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(batch_size=1), "batch_size"),
+        (dict(lr=2.0), "lr"),
+        (dict(warmup_steps=500), "warmup_steps"),
+        (dict(max_steps=0), "max_steps"),
+    ],
+)
 def test_config_validation_names_the_field(kw, match):
     with pytest.raises(ValueError, match=match):
         ClipTrainConfig(**kw)
@@ -67,7 +76,11 @@ def test_config_validation_names_the_field(kw, match):
 
 def test_empty_data_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no batch"):
-        train_clip(ClipTrainConfig(max_steps=2, batch_size=8, warmup_steps=0), lambda e: iter(()), LocalContext(storage=tmp_path))
+        train_clip(
+            ClipTrainConfig(max_steps=2, batch_size=8, warmup_steps=0),
+            lambda e: iter(()),
+            LocalContext(storage=tmp_path),
+        )
 
 
 def _text_grads(cfg, batches):
@@ -82,14 +95,15 @@ def _text_grads(cfg, batches):
     micro = [(torch.as_tensor(b["image"]), clip.tokenize(list(b["caption"]))) for b in batches]
     autocast, scaler = autocast_for(cfg.precision, torch.device("cpu"))
     loss = _accumulated_backward(clip.model, make_loss(cfg), micro, autocast, scaler)
-    return loss, {n: p.grad.clone() for n, p in clip.model.named_parameters()
-                  if p.grad is not None}
+    return loss, {n: p.grad.clone() for n, p in clip.model.named_parameters() if p.grad is not None}
 
 
 def test_gradient_accumulation_equals_the_large_batch():
     rng = np.random.default_rng(1)
     images = rng.normal(size=(16, 3, 32, 32)).astype(np.float32)
-    captions = np.array([f"a {c} {s}" for c in ("red", "blue", "green", "pink") for s in ("star", "disc", "cube", "cone")])
+    captions = np.array(
+        [f"a {c} {s}" for c in ("red", "blue", "green", "pink") for s in ("star", "disc", "cube", "cone")]
+    )
     whole = [{"image": images, "caption": captions}]
     halves = [{"image": images[:8], "caption": captions[:8]}, {"image": images[8:], "caption": captions[8:]}]
     loss_1, g_1 = _text_grads(ClipTrainConfig(batch_size=16), whole)
@@ -107,8 +121,9 @@ def test_siglip_trains_and_reloads_in_plain_open_clip(tmp_path):
     result = train_clip(cfg, _batches(), LocalContext(storage=tmp_path))
     assert all(math.isfinite(h["loss"]) for h in result.history)
     model, _, _ = open_clip.create_model_and_transforms(
-        "raylens-clip-tiny", pretrained=str(result.checkpoint / "model.safetensors"), init_logit_bias=0.0)
-    assert model.logit_bias is not None and float(model.logit_bias.detach()) != 0.0   # the trained bias, loaded
+        "raylens-clip-tiny", pretrained=str(result.checkpoint / "model.safetensors"), init_logit_bias=0.0
+    )
+    assert model.logit_bias is not None and float(model.logit_bias.detach()) != 0.0  # the trained bias, loaded
     from raylens.models import create_model
 
     again = create_model("clip-tiny", pretrained=str(result.checkpoint))  # bias detected from the weights
@@ -117,22 +132,35 @@ def test_siglip_trains_and_reloads_in_plain_open_clip(tmp_path):
 
 def test_locked_image_tower_does_not_change(tmp_path):
     cfg = ClipTrainConfig(max_steps=2, batch_size=8, warmup_steps=1, log_every=1, lock_image=True)
-    from raylens.models import create_model
     from safetensors.torch import load_file
+
+    from raylens.models import create_model
 
     result = train_clip(cfg, _batches(), LocalContext(storage=tmp_path))
     trained = load_file(str(result.checkpoint / "model.safetensors"))
     torch.manual_seed(0)
     fresh = create_model("clip-tiny").model.state_dict()
-    trunk = [k for k in trained if k.startswith("visual.trunk.") and trained[k].is_floating_point() and "running" not in k]
+    trunk = [
+        k for k in trained if k.startswith("visual.trunk.") and trained[k].is_floating_point() and "running" not in k
+    ]
     text = [k for k in trained if k.startswith("transformer.")]
     assert trunk and all(torch.equal(trained[k], fresh[k]) for k in trunk)
     assert any(not torch.equal(trained[k], fresh[k]) for k in text)
 
 
 def test_bf16_accumulation_checkpointing_and_curves(tmp_path):
-    cfg = ClipTrainConfig(max_steps=3, batch_size=4, accum_steps=2, precision="amp_bf16", grad_checkpointing=True,
-                          grad_clip_norm=1.0, warmup_steps=1, log_every=1, checkpoint_every=2, eval_every=2)
+    cfg = ClipTrainConfig(
+        max_steps=3,
+        batch_size=4,
+        accum_steps=2,
+        precision="amp_bf16",
+        grad_checkpointing=True,
+        grad_clip_norm=1.0,
+        warmup_steps=1,
+        log_every=1,
+        checkpoint_every=2,
+        eval_every=2,
+    )
     ctx = LocalContext(storage=tmp_path)
     evals = []
 
@@ -141,7 +169,7 @@ def test_bf16_accumulation_checkpointing_and_curves(tmp_path):
         return {"zeroshot_top1": 0.5}
 
     result = train_clip(cfg, _batches(), ctx, evaluator=evaluator, run={"num_workers": 1})
-    assert result.steps == 3 and len(evals) == 2            # step 2 and the last step
+    assert result.steps == 3 and len(evals) == 2  # step 2 and the last step
     assert [h.get("zeroshot_top1") for h in result.history] == [None, 0.5, 0.5]
     ckpt = result.checkpoint
     for f in ("history.csv", "curves.png", "config.json", "train_state.pt"):

@@ -1,0 +1,86 @@
+"""Batch decode for captioned images: ``dict[str, ndarray]`` in, preprocessed batch plus skips out.
+
+This is the plain function the Ray Data reader maps over blocks; it never raises on a bad row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from raylens.data.images import BadImage, decode_image
+from raylens.data.report import SkippedRow
+
+__all__ = ["ImageTransform", "decode_captioned_batch", "apply_transform"]
+
+
+class ImageTransform(Protocol):
+    """What readers accept as ``preprocess``: ``ClipPreprocess`` (eval) or ``TrainAugment`` (train).
+
+    ``transform(image)`` maps one ``(H, W, 3)`` uint8 array to ``(3, S, S)`` float32. A transform with
+    ``keyed = True`` is random and also takes ``key=`` (the row's path) and ``epoch=`` (how many times
+    the row was read before), which seed its randomness.
+    """
+
+    image_size: int
+
+    def __call__(self, image: np.ndarray) -> np.ndarray: ...
+
+
+def apply_transform(preprocess: ImageTransform, image: np.ndarray, key: str, epoch: int = 0) -> np.ndarray:
+    """``preprocess(image)``, passing ``key`` and ``epoch`` to keyed (random) transforms."""
+    if getattr(preprocess, "keyed", False):
+        return preprocess(image, key=key, epoch=epoch)
+    return preprocess(image)
+
+
+def _read_bytes(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def decode_captioned_batch(
+    batch: dict[str, np.ndarray],
+    preprocess: ImageTransform,
+    *,
+    require_caption: bool = True,
+    epochs: Sequence[int] | None = None,
+) -> tuple[dict[str, np.ndarray], list[SkippedRow]]:
+    """Decode and preprocess each row of ``batch``.
+
+    Input columns: ``path`` and, optionally, ``image_bytes`` (used instead of reading ``path``) and
+    ``caption``; every other column is carried through. Output adds ``image`` (N, 3, S, S) float32
+    and drops ``image_bytes``. Rows that cannot be used are left out and returned as skips.
+    ``epochs`` (one per row, default 0) is passed with the path to keyed transforms.
+    """
+    paths = [str(p) for p in batch["path"]]
+    n = len(paths)
+    raw = batch.get("image_bytes")
+    captions = batch.get("caption")
+    keep: list[int] = []
+    images: list[np.ndarray] = []
+    skipped: list[SkippedRow] = []
+    for i, path in enumerate(paths):
+        if require_caption and (captions is None or not str(captions[i] or "").strip()):
+            skipped.append(SkippedRow(path, "missing caption"))
+            continue
+        try:
+            data = raw[i] if raw is not None and raw[i] is not None else _read_bytes(path)
+            image = decode_image(bytes(data))
+            images.append(apply_transform(preprocess, image, path, epochs[i] if epochs is not None else 0))
+        except FileNotFoundError:
+            skipped.append(SkippedRow(path, "file not found"))
+            continue
+        except BadImage as e:
+            skipped.append(SkippedRow(path, str(e)))
+            continue
+        except OSError as e:
+            skipped.append(SkippedRow(path, f"unreadable file ({e.strerror or e})"))
+            continue
+        keep.append(i)
+    out = {k: np.asarray(v)[keep] for k, v in batch.items() if k != "image_bytes" and len(v) == n}
+    s = preprocess.image_size
+    out["image"] = np.stack(images) if images else np.zeros((0, 3, s, s), np.float32)
+    return out, skipped

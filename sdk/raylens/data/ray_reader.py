@@ -1,0 +1,163 @@
+"""Ray Data reader for captioned images: a captions file (CSV/JSONL/parquet) plus the images.
+
+Streaming: the captions file is read by Ray Data, images are decoded and preprocessed in
+``map_batches`` tasks, and bad rows are skipped and sent to an :class:`IngestReporter` actor, so
+the job goes on and the report lists every skipped path with its reason. The reporter and
+:func:`decode_and_report` are shared with the other readers (``ray_folders``, ``ray_webdataset``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from raylens.data.captions import caption_columns, parquet_files, parquet_rows
+from raylens.data.decode import ImageTransform, decode_captioned_batch
+from raylens.data.report import IngestReport, SkippedRow
+
+__all__ = ["IngestReporter", "CaptionedImages", "read_captioned_images", "decode_and_report", "blocks_for"]
+
+
+def _digest(path: str) -> bytes:
+    return hashlib.blake2b(path.encode(), digest_size=8).digest()
+
+
+@ray.remote(num_cpus=0)
+class IngestReporter:
+    """Collects ok/skip counts from the decode tasks. A pass over the data may run more than once
+    (one per epoch); rows are counted once each, keyed by a hash of their path. It also counts the
+    passes over each row, which seed random transforms (a new draw each epoch, reproducibly)."""
+
+    def __init__(self, source: str):
+        self._source = source
+        self._ok: set[bytes] = set()
+        self._visits: dict[bytes, int] = {}
+        self._skipped: dict[str, str] = {}
+
+    def visit(self, paths: list[str]) -> list[int]:
+        """For each path, how many times it was visited before; then count this visit."""
+        seen = []
+        for d in map(_digest, paths):
+            seen.append(self._visits.get(d, 0))
+            self._visits[d] = seen[-1] + 1
+        return seen
+
+    def record(self, ok_paths: list[str], skipped: list[tuple[str, str]]) -> None:
+        self._ok.update(map(_digest, ok_paths))
+        for path, reason in skipped:
+            self._skipped.setdefault(path, reason)
+
+    def report(self) -> IngestReport:
+        return IngestReport(self._source, len(self._ok), [SkippedRow(p, r) for p, r in self._skipped.items()])
+
+
+def _select_split(batch: dict[str, np.ndarray], *, split: str) -> dict[str, np.ndarray]:
+    keep = np.asarray([str(s) == split for s in batch["split"]], dtype=bool)
+    return {k: np.asarray(v)[keep] for k, v in batch.items()}
+
+
+def decode_and_report(
+    batch: dict[str, np.ndarray], *, preprocess: ImageTransform, reporter
+) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`decode_captioned_batch` inside a Ray task: skips and ok rows go to ``reporter``, and
+    keyed (random) transforms get each row's pass count as its epoch. Yields the decoded batch
+    unless every row was skipped (an empty tensor column does not convert to Arrow)."""
+    paths = [str(p) for p in batch["path"]]
+    epochs = ray.get(reporter.visit.remote(paths)) if getattr(preprocess, "keyed", False) else None
+    out, skipped = decode_captioned_batch(batch, preprocess, epochs=epochs)
+    ray.get(reporter.record.remote([str(p) for p in out["path"]], [(s.path, s.reason) for s in skipped]))
+    if len(out["path"]):
+        yield out
+
+
+def _decode_udf(
+    batch: dict[str, np.ndarray], *, preprocess: ImageTransform, base: str, reporter
+) -> Iterator[dict[str, np.ndarray]]:
+    batch["path"] = np.asarray([p if Path(p).is_absolute() else str(Path(base) / p) for p in map(str, batch["path"])])
+    yield from decode_and_report(batch, preprocess=preprocess, reporter=reporter)
+
+
+def blocks_for(rows: float, batch_size: int) -> int:
+    """About one read block per ``batch_size`` rows, so decoded tensors stream downstream batch by
+    batch instead of piling up in one huge block."""
+    return int(min(4096, max(1, rows // batch_size + 1)))
+
+
+def _estimate_rows(path: Path) -> float:
+    """Rows of a text captions file, from its size and its first lines."""
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    lines = max(1, head.count(b"\n"))
+    return path.stat().st_size / (len(head) / lines)
+
+
+@dataclass
+class CaptionedImages:
+    """A lazy Ray dataset of preprocessed captioned images, and the reporter of its skipped rows."""
+
+    dataset: ray.data.Dataset
+    """Rows: ``image`` (3, S, S) float32, ``path``, ``caption`` and the source's other columns."""
+    reporter: ray.actor.ActorHandle
+    source: str
+
+    def report(self) -> IngestReport:
+        """The ingest report so far (complete once the dataset has been consumed)."""
+        return ray.get(self.reporter.report.remote())
+
+
+def read_captioned_images(
+    captions: str | Path,
+    preprocess: ImageTransform,
+    *,
+    split: str | None = None,
+    batch_size: int = 128,
+    override_num_blocks: int | None = None,
+) -> CaptionedImages:
+    """Read a captions file and its images as a streaming Ray dataset.
+
+    Args:
+        captions: a ``.csv``, ``.jsonl`` or ``.parquet`` file (or a folder of parquet files) with
+            columns ``path`` and ``caption`` (paths relative to the file's folder, or absolute).
+            Parquet may embed the images in a binary ``image_bytes`` column, decoded instead of
+            reading ``path`` (which then only names the row in the report).
+        preprocess: the model's preprocessing (``model.preprocess``), or a
+            :class:`~raylens.data.augment.TrainAugment` for training.
+        split: keep only rows with this ``split`` value.
+        batch_size: rows per decode task batch.
+
+    Raises:
+        FileNotFoundError, ValueError: missing file, wrong format or missing columns, checked here,
+            before any task runs.
+    """
+    path = Path(captions).resolve()
+    columns = caption_columns(path)
+    if split is not None and "split" not in columns:
+        raise ValueError(f"split={split!r} was asked for but {str(path)!r} has no 'split' column")
+    is_parquet = path.is_dir() or path.suffix.lower() == ".parquet"
+    files = parquet_files(path) if is_parquet else [path]
+    blocks = override_num_blocks or blocks_for(parquet_rows(files) if is_parquet else _estimate_rows(path), batch_size)
+    if is_parquet:
+        ds = ray.data.read_parquet([str(f) for f in files], override_num_blocks=blocks)
+    elif path.suffix.lower() == ".csv":
+        import pyarrow.csv as pacsv
+
+        # every column as string: a caption like "7" must stay text
+        convert = pacsv.ConvertOptions(column_types={c: "string" for c in columns})
+        ds = ray.data.read_csv(str(path), convert_options=convert, override_num_blocks=blocks)
+    else:
+        ds = ray.data.read_json(str(path), lines=True, override_num_blocks=blocks)
+    reporter = IngestReporter.remote(str(path))
+    if split is not None:  # before decoding, so no image tensor column is ever empty
+        ds = ds.map_batches(_select_split, batch_format="numpy", fn_kwargs={"split": split})
+    ds = ds.map_batches(
+        _decode_udf,
+        batch_size=batch_size,
+        batch_format="numpy",
+        fn_kwargs={"preprocess": preprocess, "base": str(path if path.is_dir() else path.parent), "reporter": reporter},
+    )
+    return CaptionedImages(ds, reporter, str(path))

@@ -1,0 +1,175 @@
+"""Starting raylens Serve applications by import path, for the CLI, the benchmark and the tests.
+
+Apps are named by import path (``raylens_services.search:build_app``), as ``serve run`` names them,
+so nothing in the SDK imports the services package. A serve config file's ``deployments:`` section
+becomes per-deployment options with :func:`config_options`, so a programmatic start runs with the
+same autoscaling settings as ``serve run services/raylens_services/search.yaml``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "SEARCH_APP",
+    "SEARCH_CONFIG",
+    "free_port",
+    "start_http",
+    "run_app",
+    "run_config",
+    "wait_ready",
+    "replica_counts",
+    "load_config",
+    "config_options",
+    "config_args",
+    "packaged_config",
+]
+
+SEARCH_APP = "raylens_services.search:build_app"
+SEARCH_CONFIG = "search.yaml"
+"""The search service's config, shipped inside the ``raylens_services`` package."""
+_OPTION_KEYS = (
+    "num_replicas",
+    "max_ongoing_requests",
+    "autoscaling_config",
+    "ray_actor_options",
+    "user_config",
+    "max_queued_requests",
+    "graceful_shutdown_timeout_s",
+    "health_check_period_s",
+)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def packaged_config(name: str = SEARCH_CONFIG) -> Path:
+    """The path of a config file shipped in ``raylens_services`` (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("raylens_services")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("raylens_services is not installed; pip install -e . in the repository")
+    return Path(next(iter(spec.submodule_search_locations))) / name
+
+
+def load_config(path: str | Path | None = None) -> dict[str, Any]:
+    """A serve config file, checked against Serve's own schema (``ServeDeploySchema``)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    path = Path(path) if path else packaged_config()
+    cfg = yaml.safe_load(path.read_text())
+    ServeDeploySchema.model_validate(cfg)  # raises with Serve's message when a key is wrong
+    return cfg
+
+
+def _app(cfg: dict[str, Any], app_name: str | None) -> dict[str, Any]:
+    apps = cfg.get("applications", [])
+    for a in apps:
+        if app_name is None or a.get("name") == app_name:
+            return a
+    raise KeyError(f"no application {app_name!r} in the config; it has {[a.get('name') for a in apps]}")
+
+
+def config_options(cfg: dict[str, Any], app_name: str | None = None) -> dict[str, dict[str, Any]]:
+    """``{deployment name: options}`` from an application's ``deployments:`` section."""
+    return {d["name"]: {k: d[k] for k in _OPTION_KEYS if k in d} for d in _app(cfg, app_name).get("deployments", [])}
+
+
+def config_args(cfg: dict[str, Any], app_name: str | None = None) -> dict[str, Any]:
+    """An application's builder ``args``."""
+    return dict(_app(cfg, app_name).get("args") or {})
+
+
+def start_http(host: str = "127.0.0.1", port: int | None = None) -> int:
+    """Start Serve's HTTP proxy on ``host:port`` (a free port when None); returns the port."""
+    from ray import serve
+
+    port = port or free_port(host)
+    serve.start(http_options={"host": host, "port": port})
+    return port
+
+
+def run_app(
+    import_path: str = SEARCH_APP,
+    args: dict[str, Any] | None = None,
+    *,
+    name: str = "raylens-search",
+    route_prefix: str = "/",
+    logging_config: dict[str, Any] | None = None,
+):
+    """Build the app at ``import_path`` (an Application or a builder taking ``args``) and run it
+    (``logging_config``: Serve's, e.g. ``{"encoding": "JSON", "enable_access_log": False}``)."""
+    import importlib
+    import inspect
+
+    from ray import serve
+
+    module, _, attr = import_path.partition(":")
+    target = getattr(importlib.import_module(module), attr)
+    app = target(dict(args or {})) if inspect.isfunction(target) else target
+    return serve.run(app, name=name, route_prefix=route_prefix, logging_config=logging_config)
+
+
+def run_config(cfg: dict[str, Any] | str | Path, *, address: str | None = None, timeout_s: float = 300) -> None:
+    """Deploy a serve config with Serve's own CLI (``serve run --non-blocking``), as a user would.
+
+    ``cfg`` is a config file or a config dict (written to a temporary file). ``address`` is the Ray
+    cluster's GCS address (default: the one this process is connected to). Redeploying a config in
+    which only a deployment's ``user_config`` changed reconfigures its replicas in place.
+    """
+    import ray
+
+    if address is None and ray.is_initialized():
+        address = ray.get_runtime_context().gcs_address
+    serve_cli = shutil.which("serve", path=str(Path(sys.executable).parent)) or shutil.which("serve")
+    if serve_cli is None:
+        raise FileNotFoundError("Serve's `serve` command is not installed; pip install 'ray[serve]'")
+    with tempfile.TemporaryDirectory(prefix="raylens-serve-") as tmp:
+        path = Path(cfg) if isinstance(cfg, (str, Path)) else Path(tmp) / "serve.yaml"
+        if not isinstance(cfg, (str, Path)):
+            path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        cmd = [serve_cli, "run", "--non-blocking", *(["--address", address] if address else []), str(path)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise RuntimeError(f"`serve run` failed ({done.returncode}): {(done.stderr or done.stdout)[-2000:]}")
+
+
+def wait_ready(url: str, timeout_s: float = 120.0, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """Poll ``url`` (a ``/healthz``) until it answers 200; returns its JSON."""
+    import requests
+
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        try:
+            r = requests.get(url, headers=headers, timeout=10)
+            if r.status_code == 200:
+                return r.json()
+            last = f"{r.status_code} {r.text[:200]}"
+        except requests.RequestException as e:
+            last = repr(e)
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s (last: {last})")
+
+
+def replica_counts(app_name: str) -> dict[str, int]:
+    """Running replicas per deployment of ``app_name``, from ``serve.status()``."""
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return {}
+    return {name: int(d.replica_states.get("RUNNING", 0)) for name, d in app.deployments.items()}
