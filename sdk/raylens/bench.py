@@ -85,7 +85,10 @@ class BenchResult:
 
 
 def _load_benchmarks() -> None:
-    import raylens_benchmarks  # noqa: F401  (registers every benchmark module)
+    """Import the plug-ins (``raylens.plugins``); the benchmarks package registers every benchmark."""
+    from raylens.plugins import load_plugins
+
+    load_plugins()
 
 
 def run_benchmark(name: str, *, quick: bool = False, workdir: str | Path | None = None) -> BenchResult:

@@ -1,7 +1,9 @@
 """The ``raylens`` command line.
 
 raylens demo                      the whole text-to-image path on local Ray, in a few minutes
-raylens train digits --eval digits  CLIP with Ray Train, zero-shot + retrieval eval, curves
+raylens demo NAME                 a domain pack's demo (`raylens demo --help` lists them)
+raylens train clip digits --eval digits  CLIP with Ray Train, zero-shot + retrieval eval, curves
+raylens train KIND ...            every training kind (`raylens train --help` lists them)
 raylens search INDEX "a red circle" -k 10 [--grid out.png]
 raylens bench embed --json out.json
 raylens models [PATTERN]
@@ -24,35 +26,37 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 console = Console()
+train_app = typer.Typer(
+    help="Train a model with Ray Train: one subcommand per model kind, the same options for where it runs.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(train_app, name="train")
+demo_app = typer.Typer(
+    help="Run a demo end to end on local Ray with data it makes itself. With no NAME: the text-to-image search demo.",
+    invoke_without_command=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(demo_app, name="demo")
 
 
-@app.command()
+@demo_app.callback()
 def demo(
-    workdir: Path = typer.Option(Path("raylens-demo"), help="Where data, checkpoints, index and pictures go."),
-    n_train: int = typer.Option(3000, help="Generated training images."),
-    n_heldout: int = typer.Option(600, help="Generated held-out images (indexed and searched)."),
-    steps: int = typer.Option(0, help="Training steps (0: the tuned default)."),
-    workers: int = typer.Option(2, help="Ray Train workers."),
-    seed: int = typer.Option(0, help="Seed for data and training."),
-    quick: bool = typer.Option(False, help="A much smaller run (a smoke test, lower precision)."),
+    ctx: typer.Context,
+    workdir: Path | None = typer.Option(
+        None, help="Where data, checkpoints and pictures go (default: the demo's own)."
+    ),
+    quick: bool = typer.Option(False, help="A much smaller run (a smoke test, lower quality)."),
 ):
-    """Generate the shapes dataset, ingest it with Ray Data, train a small CLIP with Ray Train on
-    2 workers, embed the held-out images with an actor pool, index them with FAISS and answer text
-    queries. Prints top-5 results and precision@5; writes a result grid and a loss curve (PNG)."""
-    from raylens_domains.natural.demo import DemoOptions, run_demo
+    """Run a demo end to end on local Ray with data it generates itself; it prints what it found and
+    says where the pictures are.
 
-    run_demo(
-        DemoOptions(
-            workdir=workdir,
-            n_train=n_train,
-            n_heldout=n_heldout,
-            steps=steps or None,
-            workers=workers,
-            seed=seed,
-            quick=quick,
-        ),
-        console=console,
-    )
+    With no NAME: the text-to-image search demo (`raylens demo search --help` shows all its options).
+    `raylens demo NAME --help` shows another demo's options."""
+    if ctx.invoked_subcommand is not None:
+        return
+    command = typer.main.get_command(demo_app).commands["search"]
+    ctx.invoke(command, **({"workdir": workdir} if workdir else {}), quick=quick)
 
 
 @app.command()
@@ -113,8 +117,8 @@ def bench(
             json_out.with_suffix(".md").write_text(table)
 
 
-@app.command()
-def train(
+@train_app.command("clip")
+def train_clip(
     data: str = typer.Argument(
         ...,
         help="Training data: 'digits', captions .csv/.jsonl/.parquet, a class-folder root, or WebDataset .tar shards.",
@@ -159,11 +163,11 @@ def train(
 
     Examples:
 
-      raylens train digits --eval digits    (>= 90% zero-shot on held-out digits)
+      raylens train clip digits --eval digits    (>= 90% zero-shot on held-out digits)
 
-      raylens train data/captions.parquet --eval data/val.csv --model ViT-B-32 --gpu --workers 8 --precision amp
+      raylens train clip data/captions.parquet --eval data/val.csv --model ViT-B-32 --gpu --workers 8 --precision amp
 
-      raylens train shards/{00000..00099}.tar --loss siglip --accum-steps 4 --name run1 --storage s3://bucket/runs
+      raylens train clip shards/{00000..00099}.tar --loss siglip --accum-steps 4 --name run1 --storage s3://bucket/runs
     """
     from raylens.train import ClipTrainConfig
     from raylens.train.ray_clip import RayTrainOptions
@@ -262,6 +266,19 @@ def models(pattern: str = typer.Argument("*", help="Glob, e.g. 'clip-*' or 'ViT-
     for n in list_models(pattern):
         doc = MODELS.describe(n) if n in MODELS else "open_clip architecture"
         console.print(f"[bold]{n}[/bold]  {doc}")
+
+
+def _add_plugin_commands() -> None:
+    """Commands the domain packs register (``raylens.plugins``): training kinds, demos, top-level commands."""
+    from raylens.plugins import COMMANDS, DEMOS, TRAIN_COMMANDS, load_plugins
+
+    load_plugins()
+    for registry, target in ((TRAIN_COMMANDS, train_app), (DEMOS, demo_app), (COMMANDS, app)):
+        for name in registry.names():
+            target.command(name, short_help=registry.describe(name) or None)(registry.get(name))
+
+
+_add_plugin_commands()
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`raylens train digits --eval digits`: the command a user types, end to end on local Ray."""
+"""`raylens train clip digits --eval digits`: the command a user types, end to end on local Ray."""
 
 import pytest
 from typer.testing import CliRunner
@@ -13,6 +13,7 @@ def test_train_command_on_digits_writes_curves_confusion_and_a_checkpoint(ray_se
         app,
         [
             "train",
+            "clip",
             "digits",
             "--eval",
             "digits",
@@ -42,7 +43,7 @@ def test_train_command_on_digits_writes_curves_confusion_and_a_checkpoint(ray_se
 def test_train_command_names_unknown_data_and_the_kinds_it_reads(ray_session, tmp_path):
     from raylens.cli import app
 
-    out = CliRunner().invoke(app, ["train", str(tmp_path / "nope"), "--steps", "2"])
+    out = CliRunner().invoke(app, ["train", "clip", str(tmp_path / "nope"), "--steps", "2"])
     assert out.exit_code != 0
     assert "nope" in str(out.exception) and "captions file" in str(out.exception)
 
@@ -69,6 +70,7 @@ def test_train_from_class_folders_with_zero_shot_on_their_classes(ray_session, t
         app,
         [
             "train",
+            "clip",
             str(tmp_path / "data"),
             "--eval",
             str(tmp_path / "data"),

@@ -38,7 +38,11 @@ def test_cli_help_teaches():
     for cmd in ("demo", "search", "bench", "models"):
         assert cmd in out
     demo = runner.invoke(app, ["demo", "--help"]).output
-    assert "--workdir" in demo and "precision@5" in demo
+    assert "--workdir" in demo and "search" in demo
+    search_demo = runner.invoke(app, ["demo", "search", "--help"]).output
+    assert "--n-train" in search_demo and "precision@5" in search_demo
+    train = runner.invoke(app, ["train", "--help"]).output
+    assert "clip" in train
     listing = runner.invoke(app, ["bench", "list"])
     assert listing.exit_code == 0 and "embed" in listing.output
     models = runner.invoke(app, ["models", "clip-*"])

@@ -1,0 +1,1 @@
+"""Multi-view captures and NeRF: readers, models, training and rendering."""
