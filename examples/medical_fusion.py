@@ -6,6 +6,7 @@ Copy this file to start a medical project. Replace the phantom folder with your 
     python examples/medical_fusion.py --workdir runs/medical            # ~5 min on 2 CPU cores
     python examples/medical_fusion.py --workdir runs/medical --quick    # a smoke run
     python examples/medical_fusion.py --ray-train                       # train with Ray Train (2 workers)
+    raylens train fusion phantoms --model mid --modality-dropout 0.2    # one model, from the command line
 
 Steps:
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from raylens.runtime import init_ray
+    from raylens.train import LocalContext
     from raylens_domains.medical import (
         DeidConfig,
         DicomIngestConfig,
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         binary_metrics,
         evaluate,
         generate_phantoms,
+        load_checkpoint,
         save_checkpoint,
         save_roc_png,
         train_fusion,
@@ -96,10 +99,12 @@ def main(argv: list[str] | None = None) -> dict:
     deid = DeidConfig(key="example-key-keep-me-secret-0123456789")
     t0 = time.perf_counter()
     ingest = read_dicom(ph.root, DicomIngestConfig(deid=deid, labels=ph.labels()))
-    print(ingest.report.summary(), f"({time.perf_counter() - t0:.0f}s)")
-    ingest.report.save(work / "ingest_report.json")
+    report = ingest.report()
+    print(report.summary(), f"({time.perf_counter() - t0:.0f}s)")
+    report.save(work / "ingest_report.json")
 
-    # 3. pair CT + MR per study, MONAI preprocessing, then into memory (small data) for training
+    # 3. pair CT + MR per study (raw volumes: the MR resampled at full resolution onto the CT grid),
+    #    then MONAI preprocessing, once per volume, and into memory (small data) for training
     transform = VolumeTransformConfig()
     fz = fusion_dataset(pair_dataset(ingest.dataset, by="study"), transform)
     rows = [r for r in fz.take_all() if r["label"] >= 0]
@@ -129,16 +134,17 @@ def main(argv: list[str] | None = None) -> dict:
     results, curves, models, seconds = {}, {}, {}, {}
     for name, cfg in runs.items():
         t0 = time.perf_counter()
-        if args.ray_train:
+        if args.ray_train:  # the same loop in Ray Train: re-running with the same name + storage resumes
             import ray.data
 
+            from raylens.train import RayTrainOptions
             from raylens_domains.medical.ray_train import train_fusion_ray
 
             tr_ds = ray.data.from_items([{k: train[k][i] for k in train} for i in range(len(train["label"]))])
-            res = train_fusion_ray(cfg, tr_ds, num_workers=2, storage_path=work / "ray_results", name=name)
-            model = res.load_model()
-        else:
-            model = train_fusion(cfg, train).model
+            opts = RayTrainOptions(num_workers=2, storage_path=str(work / "runs"), name=name)
+            model = load_checkpoint(train_fusion_ray(cfg, tr_ds, opts=opts, transform=transform).checkpoint)
+        else:  # in-process; checkpoints, history.csv and curves.png land in runs/<name>/checkpoint_*
+            model = train_fusion(cfg, train, LocalContext(storage=work / "runs" / name)).model
         seconds[name] = time.perf_counter() - t0
         probs = predict_proba(model, held)
         results[name] = binary_metrics(held["label"], probs)
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs": args.epochs,
         "roc_png": str(roc),
         "checkpoint": str(ckpt),
-        "ingest": ingest.report.to_dict() | {"skipped": None},
+        "ingest": report.to_dict() | {"skipped": None},
     }
     (work / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {work / 'results.json'} and {roc}")

@@ -2,8 +2,9 @@
 
     python examples/read_formats.py [--out /tmp/raylens-formats] [--n 12]
 
-Formats: captions CSV and JSONL (image paths), parquet with embedded image bytes, a class-folder
-tree (ImageNet style) and WebDataset tar shards (img2dataset layout). Each one gets a couple of bad
+Formats: captions CSV and JSONL (image paths), an img2dataset-style list (``url``/``TEXT`` columns,
+found without renaming), parquet with embedded image bytes, a class-folder tree (ImageNet style) and
+WebDataset tar shards (img2dataset layout). Every reader returns the same ``ReadResult``. Each one gets a couple of bad
 rows on purpose (a corrupt image, a missing caption, ...) so the ingest reports have something to
 say. The folder is read with train-time augmentation (``TrainAugment``), the others with the eval
 preprocessing; batches then go through CutMix/MixUp as a classifier's training step would.
@@ -61,6 +62,9 @@ def write_all(out: Path, n: int) -> dict[str, Path | str]:
         "path,caption,label\n" + "".join(f"{r['path']},{r['caption']},{r['label']}\n" for r in rows)
     )
     (out / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "img2dataset.tsv").write_text(
+        "url\tTEXT\n" + "".join(f"{(out / r['path']).resolve().as_uri()}\t{r['caption']}\n" for r in rows)
+    )
     pq.write_table(
         pa.table(
             {
@@ -83,6 +87,7 @@ def write_all(out: Path, n: int) -> dict[str, Path | str]:
     return {
         "csv": out / "captions.csv",
         "jsonl": out / "captions.jsonl",
+        "img2dataset": out / "img2dataset.tsv",
         "parquet": out / "embedded.parquet",
         "folders": out / "folders",
         "wds": str(out / "wds" / "*.tar"),
@@ -107,6 +112,7 @@ def main() -> None:
     readers = {
         "csv": read_captioned_images(src["csv"], pre, batch_size=4),
         "jsonl": read_captioned_images(src["jsonl"], pre, batch_size=4),
+        "img2dataset list (url, TEXT)": read_captioned_images(src["img2dataset"], pre, batch_size=4),
         "parquet (embedded bytes)": read_captioned_images(src["parquet"], pre, batch_size=4),
         "class folders (TrainAugment)": read_image_folder(
             src["folders"], TrainAugment(32, hflip=True, seed=0), shuffle_seed=0, batch_size=4
@@ -115,8 +121,9 @@ def main() -> None:
     }
     for name, data in readers.items():
         n_rows = sum(len(b["path"]) for b in data.dataset.iter_batches(batch_size=4, batch_format="numpy"))
-        print(f"{name:>30}: {n_rows} rows | {data.report().summary()}")
-        for skip in data.report().skipped:
+        report = data.report()  # every reader returns a ReadResult: the dataset plus its report
+        print(f"{name:>30}: {n_rows} rows | {report.summary()}")
+        for skip in report.skipped:
             print(f"{'':>32}skipped {skip.path}: {skip.reason}")
 
     folders = readers["class folders (TrainAugment)"]

@@ -47,7 +47,7 @@ def main() -> None:
     train = read_captioned_images(args.captions, pre, split="train")
     result = fit_clip(
         train.dataset,
-        ClipTrainConfig(model=args.model, max_steps=args.steps),
+        ClipTrainConfig(model=args.model, max_steps=args.steps, lr=2e-3),  # the demo's rate for the shapes
         RayTrainOptions(num_workers=args.workers, use_gpu=args.gpu, storage_path=str(out / "runs")),
     )
     print(train.report().summary())

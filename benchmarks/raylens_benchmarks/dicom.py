@@ -30,7 +30,7 @@ def pydicom_loop(root: Path, transform) -> tuple[int, int]:
     """The single-process baseline: ``(n_series, n_slices)`` normalised volumes built from ``root``."""
     import pydicom
 
-    from raylens_domains.medical.geometry import sort_slices
+    from raylens_domains.medical.geometry import VolumeGeometry, sort_slices
     from raylens_domains.medical.transforms import normalize_volume
 
     series: dict[str, list] = defaultdict(list)
@@ -73,9 +73,8 @@ def pydicom_loop(root: Path, transform) -> tuple[int, int]:
         vol = np.stack([planes[i] for i in order.order])
         row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
         direction = np.stack([order.normal, col, row], axis=1).reshape(9)
-        normalize_volume(
-            vol, [order.slice_spacing, *spacing_rc], pos[order.order[0]], direction, str(ds0.Modality), transform
-        )
+        geometry = VolumeGeometry([order.slice_spacing, *spacing_rc], pos[order.order[0]], direction, vol.shape)
+        normalize_volume(vol, geometry, str(ds0.Modality), transform)
         n_slices += len(planes)
     return len(series), n_slices
 
@@ -119,18 +118,19 @@ def bench_dicom(quick: bool, workdir: Path) -> BenchResult:
         t0 = time.perf_counter()
         result = read_dicom(ph.root, config, transform=transform)  # materialised: every volume is built
         ray_times.append(time.perf_counter() - t0)
-    n_rows = result.report.n_ok
+    report, n_slices = result.report(), result.stats["slices"]
+    n_rows = report.n_ok
     t_base, t_ray = min(base_times), min(ray_times)
 
-    if n_rows != n_series_base or result.n_slices != n_slices_base:
+    if n_rows != n_series_base or n_slices != n_slices_base:
         raise RuntimeError(
-            f"the two sides disagree: ray {n_rows} series / {result.n_slices} slices, "
+            f"the two sides disagree: ray {n_rows} series / {n_slices} slices, "
             f"baseline {n_series_base} / {n_slices_base}"
         )
     return BenchResult(
         name="dicom",
         metric="slices_per_s",
-        value=result.n_slices / t_ray,
+        value=n_slices / t_ray,
         baseline_name="pydicom single-process loop",
         baseline_value=n_slices_base / t_base,
         higher_is_better=True,
@@ -138,7 +138,7 @@ def bench_dicom(quick: bool, workdir: Path) -> BenchResult:
             "quick": quick,
             "patients": n_patients,
             "series": n_rows,
-            "slices": result.n_slices,
+            "slices": n_slices,
             "files": ph.n_files,
             "ray_cpus": cpus,
             "spatial_size": list(transform.spatial_size),
@@ -152,6 +152,6 @@ def bench_dicom(quick: bool, workdir: Path) -> BenchResult:
             "rounds": rounds,
             "statistic": "best round of each side, rounds alternated",
             "load_average_at_end": os.getloadavg()[0],
-            "skipped": result.report.n_skipped,
+            "skipped": report.n_skipped,
         },
     )

@@ -15,7 +15,10 @@ from raylens.errors import IndexMismatchError, IndexNotFoundError, RaylensError
 
 __version__ = "0.1.0"
 
-_LAZY = {name: "raylens.models" for name in ("ClipModel", "create_model", "list_models", "register_model")}
+_LAZY = {
+    name: "raylens.models"
+    for name in ("ClipModel", "create_model", "list_models", "load_model", "register_model", "save_model")
+}
 
 __all__ = [
     "ClipModel",
@@ -24,7 +27,9 @@ __all__ = [
     "RaylensError",
     "create_model",
     "list_models",
+    "load_model",
     "register_model",
+    "save_model",
     "__version__",
 ]
 

@@ -14,27 +14,48 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from raylens.cli_options import OptionGroup, config_options, ray_train_options
+
+if TYPE_CHECKING:  # the configs config_options builds from the flags
+    from raylens.train.config import ClipTrainConfig
+    from raylens.train.options import RayTrainOptions
+
+__all__ = ["app", "main"]
+
 app = typer.Typer(
-    help="raylens: multi-modal and 3D vision on Ray. Ingest images, train CLIP, build a FAISS index, search it.",
+    help="raylens: multi-modal and 3D vision on Ray. Ingest images, train models, build FAISS indices, search "
+    "and serve them.\n\n"
+    "Start with `raylens demo` (the whole text-to-image path on local Ray, a few minutes on 2 cores), "
+    "then `raylens train --help`. `raylens COMMAND --help` explains each command.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
 )
 console = Console()
 train_app = typer.Typer(
-    help="Train a model with Ray Train: one subcommand per model kind, the same options for where it runs.",
+    help="Train a model with Ray Train: one subcommand per model kind, the same options for where it runs "
+    "(--workers, --gpu, --storage, --name: re-run with the same name and storage to resume).\n\n"
+    "Each kind's training options are the fields of its config dataclass, with their defaults; "
+    "`--config FILE.yaml` sets any of them from a file and `--dry-run` prints the resolved file. "
+    "`raylens train KIND --help` lists them.",
     no_args_is_help=True,
+    subcommand_metavar="KIND [ARGS]...",
     rich_markup_mode="rich",
 )
 app.add_typer(train_app, name="train")
 demo_app = typer.Typer(
-    help="Run a demo end to end on local Ray with data it makes itself. With no NAME: the text-to-image search demo.",
+    help="Run a demo end to end on local Ray with data it makes itself; it prints what it found and says where "
+    "the pictures are.\n\n"
+    "`raylens demo` runs the text-to-image search demo (`raylens demo search --help` shows all its options); "
+    "`raylens demo NAME` runs another one, listed below.",
     invoke_without_command=True,
+    subcommand_metavar="[NAME] [ARGS]...",
     rich_markup_mode="rich",
 )
 app.add_typer(demo_app, name="demo")
@@ -46,13 +67,9 @@ def demo(
     workdir: Path | None = typer.Option(
         None, help="Where data, checkpoints and pictures go (default: the demo's own)."
     ),
-    quick: bool = typer.Option(False, help="A much smaller run (a smoke test, lower quality)."),
+    quick: bool = typer.Option(False, "--quick", help="A much smaller run (a smoke test, lower quality)."),
 ):
-    """Run a demo end to end on local Ray with data it generates itself; it prints what it found and
-    says where the pictures are.
-
-    With no NAME: the text-to-image search demo (`raylens demo search --help` shows all its options).
-    `raylens demo NAME --help` shows another demo's options."""
+    """With no NAME: the text-to-image search demo, with these options."""
     if ctx.invoked_subcommand is not None:
         return
     command = typer.main.get_command(demo_app).commands["search"]
@@ -117,7 +134,41 @@ def bench(
             json_out.with_suffix(".md").write_text(table)
 
 
+def _clip_train_options() -> OptionGroup:
+    """``ClipTrainConfig`` on the command line: every field but the loss internals and the templates
+    (``--template`` sets those, after the eval data's own)."""
+    from raylens.train.config import LOSSES, PRECISIONS, ClipTrainConfig
+
+    return OptionGroup(
+        ClipTrainConfig,
+        param="cfg",
+        section="train",
+        flags={"max_steps": "--steps", "zeroshot_classes": "--classes"},
+        hidden=("local_loss", "gather_with_grad", "zeroshot_templates"),
+        split=("zeroshot_classes",),
+        choices={"loss": LOSSES, "precision": PRECISIONS},
+        panel="Training (ClipTrainConfig)",
+        prepare=_short_run_defaults,
+    )
+
+
+def _short_run_defaults(values: dict) -> dict:
+    """Defaults fit for a short run, where the user gave none: it logs about 10 times (never less often
+    than the default) and, when no longer than the default warm-up, warms up for all but its last step."""
+    from raylens.train.config import ClipTrainConfig
+
+    steps = values.get("max_steps", ClipTrainConfig.max_steps)
+    if not isinstance(steps, int) or steps < 1:
+        return values  # the config's own validation names the problem
+    if "log_every" not in values:
+        values["log_every"] = min(ClipTrainConfig.log_every, max(1, steps // 10))
+    if "warmup_steps" not in values and steps <= ClipTrainConfig.warmup_steps:
+        values["warmup_steps"] = steps - 1
+    return values
+
+
 @train_app.command("clip")
+@config_options(_clip_train_options(), ray_train_options())
 def train_clip(
     data: str = typer.Argument(
         ...,
@@ -126,40 +177,28 @@ def train_clip(
     eval_data: str | None = typer.Option(
         None, "--eval", help="Held-out data for zero-shot + retrieval eval ('digits' = held-out digits)."
     ),
-    model: str = typer.Option("clip-tiny", help="Registry or open_clip name (`raylens models`)."),
-    pretrained: str | None = typer.Option(None, help="Start from a local checkpoint dir / weights file."),
-    steps: int = typer.Option(600, help="Optimizer steps."),
-    batch_size: int = typer.Option(64, help="Images per worker per micro-batch."),
-    accum_steps: int = typer.Option(1, help="Micro-batches per optimizer step (features cached: all negatives count)."),
-    lr: float = typer.Option(3e-3, help="Peak learning rate (cosine schedule after warm-up)."),
-    warmup_steps: int = typer.Option(30, help="Linear warm-up steps."),
-    loss: str = typer.Option("clip", help="clip (softmax, global negatives) or siglip (pairwise sigmoid)."),
-    precision: str = typer.Option("fp32", help="fp32, amp (fp16 + GradScaler, CUDA) or amp_bf16."),
-    grad_checkpointing: bool = typer.Option(False, help="Trade compute for activation memory."),
-    augment: bool = typer.Option(False, help="Train-time RandomResizedCrop (open_clip's train transform), seeded."),
-    hflip: bool = typer.Option(False, help="Also flip training images left-right at random."),
-    randaugment: bool = typer.Option(False, help="Also apply RandAugment to training images."),
-    lock_image: bool = typer.Option(False, help="Freeze the image tower (fine-tune text only)."),
-    lock_text: bool = typer.Option(False, help="Freeze the text tower (fine-tune image only)."),
-    classes: str | None = typer.Option(
-        None, help="Comma-separated class names for zero-shot eval (default: from the eval data)."
-    ),
     template: list[str] | None = typer.Option(
         None,
-        help="Zero-shot prompt template with {} for the class; repeatable. Default: the eval data's own ('a photo of the digit {}' for digits) or 'a photo of a {}.'.",
+        metavar="<str>",
+        help="Zero-shot prompt template with {} for the class; repeatable. Default: the eval data's own "
+        "('a photo of the digit {}' for digits) or 'a photo of a {}.'.",
     ),
-    eval_every: int = typer.Option(0, help="Evaluate every N steps (0: at the end only)."),
-    checkpoint_every: int = typer.Option(0, help="Checkpoint every N steps (0: at the end only)."),
-    workers: int = typer.Option(2, help="Ray Train workers."),
-    gpu: bool = typer.Option(False, help="One GPU per worker (NCCL)."),
-    name: str | None = typer.Option(None, help="Run name: re-run with the same name + storage to resume."),
-    storage: str | None = typer.Option(None, help="Checkpoint storage (shared on a cluster). Default ~/.raylens/runs."),
-    max_failures: int = typer.Option(0, help="Worker-group restarts before the run fails."),
-    keep: int = typer.Option(2, help="Checkpoints to keep."),
+    augment: bool = typer.Option(
+        False, "--augment", help="Train-time RandomResizedCrop (open_clip's train transform), seeded."
+    ),
+    hflip: bool = typer.Option(False, "--hflip", help="Also flip training images left-right at random."),
+    randaugment: bool = typer.Option(False, "--randaugment", help="Also apply RandAugment to training images."),
     workdir: Path = typer.Option(Path("raylens-train"), help="Where curves.png, history.csv and confusion.png go."),
-    seed: int = typer.Option(0, help="Seed for weights, data order and splits."),
+    *,
+    cfg: ClipTrainConfig,
+    opts: RayTrainOptions,
 ):
     """Train (or fine-tune) a CLIP model with Ray Train on CPU workers or GPUs.
+
+    The training and Ray options are the fields of ClipTrainConfig and RayTrainOptions, with their defaults
+    (a short run logs about 10 times, and one of 30 steps or fewer warms up for all but its last step,
+    unless --log-every / --warmup-steps say otherwise).
+    `--config run.yaml` sets any field from a file; `--dry-run` prints the resolved file to start from.
 
     Examples:
 
@@ -169,32 +208,8 @@ def train_clip(
 
       raylens train clip shards/{00000..00099}.tar --loss siglip --accum-steps 4 --name run1 --storage s3://bucket/runs
     """
-    from raylens.train import ClipTrainConfig
-    from raylens.train.ray_clip import RayTrainOptions
     from raylens.train.ray_recipe import TrainJob, run_train_job
 
-    cfg = ClipTrainConfig(
-        model=model,
-        pretrained=pretrained,
-        max_steps=steps,
-        batch_size=batch_size,
-        accum_steps=accum_steps,
-        lr=lr,
-        warmup_steps=min(warmup_steps, steps - 1),
-        loss=loss,
-        precision=precision,
-        grad_checkpointing=grad_checkpointing,
-        lock_image=lock_image,
-        lock_text=lock_text,
-        zeroshot_classes=classes.split(",") if classes else None,
-        eval_every=eval_every,
-        checkpoint_every=checkpoint_every,
-        log_every=max(1, min(25, steps // 10)),
-        seed=seed,
-    )
-    opts = RayTrainOptions(
-        num_workers=workers, use_gpu=gpu, name=name, storage_path=storage, max_failures=max_failures, num_to_keep=keep
-    )
     run_train_job(
         TrainJob(
             train=data,
@@ -218,21 +233,34 @@ def serve(
     ),
     index: str | None = typer.Option(None, help="Index dir, or name=dir,name2=dir2 (replaces the config's indices)."),
     checkpoint: Path | None = typer.Option(None, help="CLIP checkpoint (default: the one in the index manifest)."),
-    host: str = typer.Option("127.0.0.1", help="Address the HTTP proxy binds."),
+    host: str = typer.Option("127.0.0.1", help="Address the HTTP proxy binds (any but loopback needs an API key)."),
     port: int = typer.Option(8000, help="HTTP port."),
+    api_key_file: Path | None = typer.Option(
+        None,
+        "--api-key-file",
+        help="File whose first line is the API key requests must carry (default: RAYLENS_API_KEY_FILE, "
+        "or the key in RAYLENS_API_KEY).",
+    ),
+    open_: bool = typer.Option(
+        False, "--open", help="Serve WITHOUT an API key even on a non-loopback --host (anyone who can reach it)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
 ):
     """Start the search service on Ray Serve (autoscaled; the page is at http://HOST:PORT/).
 
     Runs Serve's own `serve run` on the config with paths made absolute, so `raylens serve` and
-    `serve run services/raylens_services/search.yaml` start the same application."""
+    `serve run services/raylens_services/search.yaml` start the same application. The API key is
+    resolved here and written into the config the service starts from (so every replica enforces
+    it, on any node); without one, a non-loopback --host is refused unless --open says so."""
     import os
     import shutil
     import sys
 
     import yaml
 
-    from raylens.serve.config import resolve_config
+    from raylens.serve.auth import API_KEY_ENV, API_KEY_FILE_ENV, resolve_auth
+    from raylens.serve.config import resolve_config, search_app
+    from raylens.serve.limits import ServeConfigError
     from raylens.serve.ray_apps import load_config, packaged_config
 
     path = config or packaged_config()
@@ -244,28 +272,66 @@ def serve(
         indices=index,
         checkpoint=str(checkpoint) if checkpoint else None,
     )
+    args = search_app(cfg)["args"]
+    if api_key_file is not None:
+        args["api_key_file"] = str(api_key_file.expanduser().resolve())
+    if open_:
+        args["open"] = True
+    try:
+        auth = resolve_auth(args.get("api_key"), args.get("api_key_file"), bool(args.get("open", False)))
+        auth.check_bind(host)
+    except ServeConfigError as e:
+        raise typer.BadParameter(str(e), param_hint="--api-key-file / --open") from None
+    # the key travels in the config the app is built from, never in the replicas' environment
+    if auth.source == API_KEY_ENV:
+        args["api_key"] = auth.api_key
+    elif auth.source == API_KEY_FILE_ENV:
+        args["api_key_file"] = str(Path(os.environ[API_KEY_FILE_ENV]).expanduser().resolve())
     text = yaml.safe_dump(cfg, sort_keys=False)
     if dry_run:
-        typer.echo(text)  # plain, unwrapped YAML
+        shown = yaml.safe_load(text)
+        if "api_key" in args:
+            search_app(shown)["args"]["api_key"] = "<hidden>"
+        typer.echo(yaml.safe_dump(shown, sort_keys=False))  # plain, unwrapped YAML
         return
     out = Path.home() / ".raylens" / f"serve-{port}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold the API key
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(out, 0o600)
     serve_cli = shutil.which("serve", path=str(Path(sys.executable).parent)) or shutil.which("serve")
     if serve_cli is None:
         raise typer.BadParameter("Serve's `serve` command is not installed; pip install 'ray[serve]'")
-    console.print(f"[bold]serve run {out}[/bold]  (page: http://{host}:{port}/)")
+    access = f"API key from {auth.source}" if auth.required else "NO API key"
+    console.print(f"[bold]serve run {out}[/bold]  (page: http://{host}:{port}/; {access})")
     os.execv(serve_cli, [serve_cli, "run", str(out)])
 
 
 @app.command()
-def models(pattern: str = typer.Argument("*", help="Glob, e.g. 'clip-*' or 'ViT-B*'.")):
-    """List model names: ours first, then every open_clip architecture."""
-    from raylens.models import MODELS, list_models
+def models(
+    pattern: str = typer.Argument("*", help="Glob, e.g. 'clip-*', 'ViT-B*' or 'timm/resnet*'."),
+    kind: str = typer.Option(None, "--kind", help="Only this kind: clip, classifier, fusion, nerf or diffusion."),
+):
+    """List models of every kind with their kind and description: registered ones, then library families.
 
-    for n in list_models(pattern):
-        doc = MODELS.describe(n) if n in MODELS else "open_clip architecture"
-        console.print(f"[bold]{n}[/bold]  {doc}")
+    With no PATTERN, each library family (open_clip, timm) is summed up in one line; give a pattern to list its names.
+    """
+    from raylens.models import MODEL_KINDS, model_infos
+
+    if kind is not None and kind not in MODEL_KINDS:
+        raise typer.BadParameter(f"--kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+    families: dict[str, list] = {}
+    for info in model_infos(pattern, kind=kind):
+        if info.source != "registered" and pattern == "*":
+            families.setdefault(info.source, []).append(info)
+            continue
+        console.print(f"[bold]{info.name}[/bold]  [cyan]{info.kind}[/cyan]  {info.doc}")
+    for source, infos in families.items():
+        console.print(
+            f"[bold]+ {len(infos)} {source} models[/bold]  [cyan]{infos[0].kind}[/cyan]  {infos[0].doc}; "
+            "give a PATTERN to list their names"
+        )
 
 
 def _add_plugin_commands() -> None:

@@ -2,7 +2,11 @@
 ``@serve.batch`` (dynamic batching: concurrent requests are encoded together).
 
 ``serve run raylens_services.embedding:app`` serves it alone (handles only, no HTTP route);
-:mod:`raylens_services.search` composes it behind the search ingress.
+:mod:`raylens_services.search` composes it behind the search ingress, and the index deployment
+reaches it through :class:`EmbedderClient`, the search core's :class:`raylens.search.Encoder`.
+
+``check_health`` (every ``health_check_period_s``) encodes one short text, so a replica whose model
+no longer runs (a lost GPU context, say) is replaced; so is one whose encodes keep failing.
 """
 
 from __future__ import annotations
@@ -13,15 +17,28 @@ from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
-from raylens.serve.observe import BATCH_BOUNDARIES, EMBED_BATCH_SIZE
+from raylens.search import ModelIdentity
+from raylens.serve.observe import BATCH_BOUNDARIES, EMBED_BATCH_SIZE, FailureStreak, quiet_client_errors
 
-__all__ = ["ClipEmbedder", "CHECKPOINT_ENV", "MODEL_ENV", "app"]
+__all__ = [
+    "ClipEmbedder",
+    "EmbedderClient",
+    "CHECKPOINT_ENV",
+    "MODEL_ENV",
+    "DEFAULT_BATCH",
+    "DEFAULT_WAIT_S",
+    "ENCODE_TIMEOUT_S",
+    "app",
+]
 
 CHECKPOINT_ENV = "RAYLENS_CHECKPOINT"
 MODEL_ENV = "RAYLENS_MODEL"
 DEFAULT_BATCH = 32
 DEFAULT_WAIT_S = 0.005
+ENCODE_TIMEOUT_S = 60.0
+"""Longest the index deployment waits for one encode call (a stuck embedder then fails the batch)."""
 
 
 @serve.deployment(
@@ -52,6 +69,7 @@ class ClipEmbedder:
 
         from raylens.models import create_model
 
+        quiet_client_errors()
         torch.set_num_threads(max(1, int(torch_threads)))
         checkpoint = checkpoint or os.environ.get(CHECKPOINT_ENV) or None
         self.model = create_model(model or os.environ.get(MODEL_ENV) or "clip-tiny", pretrained=checkpoint)
@@ -62,6 +80,23 @@ class ClipEmbedder:
         self._batch_sizes = Histogram(
             EMBED_BATCH_SIZE, "sizes of the batches the embedder ran", boundaries=BATCH_BOUNDARIES, tag_keys=("kind",)
         )
+        self._failures = FailureStreak()
+
+    async def check_health(self) -> None:
+        """Serve's health check: the model still encodes, and encodes are not failing in a row."""
+        self._failures.check("ClipEmbedder")
+        vector = await asyncio.to_thread(self.model.encode_texts, ["health"])
+        if not np.isfinite(vector).all():
+            raise RuntimeError("ClipEmbedder: the model encodes to NaN or inf; restarting the replica may help")
+
+    async def _encode(self, fn, items):
+        try:
+            out = await asyncio.to_thread(fn, items)
+        except Exception as exc:
+            self._failures.record(exc)
+            raise
+        self._failures.ok()
+        return out
 
     async def info(self) -> dict[str, Any]:
         """Model name, checkpoint hash, embedding dim and image size."""
@@ -77,24 +112,47 @@ class ClipEmbedder:
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         """A batch already formed by the caller (the search ingress batches its queries): (N, D)."""
         self._batch_sizes.observe(len(texts), tags={"kind": "text"})
-        return await asyncio.to_thread(self.model.encode_texts, list(texts))
+        return await self._encode(self.model.encode_texts, list(texts))
 
     async def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
         """Decoded ``(H, W, 3)`` uint8 images, already batched by the caller: (N, D)."""
         self._batch_sizes.observe(len(images), tags={"kind": "image"})
-        return await asyncio.to_thread(lambda: self.model.encode_images(self.model.preprocess.batch(images)))
+        return await self._encode(lambda x: self.model.encode_images(self.model.preprocess.batch(x)), list(images))
 
     @serve.batch(max_batch_size=DEFAULT_BATCH, batch_wait_timeout_s=DEFAULT_WAIT_S)
     async def embed_text(self, texts: list[str]) -> list[np.ndarray]:
         """One text in, one vector out; concurrent calls are encoded as one batch."""
         self._batch_sizes.observe(len(texts), tags={"kind": "text"})
-        vectors = await asyncio.to_thread(self.model.encode_texts, list(texts))
-        return list(vectors)
+        return list(await self._encode(self.model.encode_texts, list(texts)))
 
     @serve.batch(max_batch_size=DEFAULT_BATCH, batch_wait_timeout_s=DEFAULT_WAIT_S)
     async def embed_image(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """One decoded ``(H, W, 3)`` uint8 image in, one vector out; batched like :meth:`embed_text`."""
         return list(await self.embed_images(images))
+
+
+class EmbedderClient:
+    """The search core's :class:`raylens.search.Encoder` over a :class:`ClipEmbedder` deployment.
+
+    Its encode calls block until the embedder answers, so the core runs in a worker thread (never on
+    a replica's event loop). Make one with ``await EmbedderClient.connect(handle)``.
+    """
+
+    def __init__(self, handle: DeploymentHandle, identity: ModelIdentity):
+        self.handle = handle
+        self.identity = identity
+
+    @classmethod
+    async def connect(cls, handle: DeploymentHandle) -> EmbedderClient:
+        """Ask the embedder which model it serves (the identity the indices are checked against)."""
+        info = await handle.info.remote()
+        return cls(handle, ModelIdentity(info["model"], info["checkpoint_hash"], int(info["dim"])))
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return self.handle.embed_texts.remote(list(texts)).result(timeout_s=ENCODE_TIMEOUT_S)
+
+    def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
+        return self.handle.embed_images.remote(list(images)).result(timeout_s=ENCODE_TIMEOUT_S)
 
 
 app = ClipEmbedder.bind()

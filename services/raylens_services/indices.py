@@ -1,9 +1,31 @@
-"""The index deployment: named FAISS indices (an :class:`raylens.index.IndexCatalog`) searched by vector.
+"""The index deployment: named FAISS indices, searched by the one search core (:func:`raylens.search.search_batch`).
+
+Concurrent searches are batched here (``@serve.batch``): the core groups them by (kind, index,
+filters), has the embedding deployment encode each group's texts or images in one call, and runs one
+FAISS search per group. Each caller gets its own result, or its own error raised as the exception it
+is (a client's mistake is logged as one INFO line, not as an ERROR; see
+:func:`raylens.serve.observe.quiet_client_errors`).
 
 Indices come from the ``indices`` argument or the ``user_config`` (``{"indices": {name: directory}}``),
-else from ``RAYLENS_INDEX`` (``dir`` or ``name=dir,name2=dir2``). A new ``user_config`` (``serve
-deploy`` / ``serve run`` with a changed config) loads the new indices first and then swaps them in
-under the catalog's lock: requests in flight finish on the old index, none is dropped.
+else from ``RAYLENS_INDEX`` (``dir`` or ``name=dir,name2=dir2``). Every index is checked against the
+embedding model when it is attached: at start and at each swap, never per query. A mismatched (or
+unreadable) index is refused with a clear error, which Serve reports for the deployment; the set
+is all or nothing.
+
+An index swap never stalls the replica. Serve routes no request to a replica while its
+``reconfigure`` runs, so a live replica's ``reconfigure`` only starts the swap and returns: a
+background task loads the new indices on a loader thread of their own (off the event loop and off
+the search threads), checks them against the model, runs one search on each (so the first query
+does not pay for a cold index), and only then swaps the whole set in with one assignment. Searches
+keep running on the old set the whole time; batches in flight finish on it; no request is dropped
+or held. A swap that fails (an unreadable or mismatched index) leaves the old set serving and is
+reported by ``describe`` (``swap_error``) and the service's ``/status``; a newer ``user_config``
+supersedes a swap still loading. A replica that has served nothing yet (one starting with a
+``user_config``) loads it before it takes traffic, so a bad config fails its start.
+
+``image`` serves an item's file from the index's data roots only (``manifest.data_roots``, or the
+``data_roots`` argument per index name; see :mod:`raylens.serve.files`), off the event loop.
+``check_health`` fails when search batches keep failing inside the replica.
 """
 
 from __future__ import annotations
@@ -11,15 +33,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
-from raylens.serve.http import returns_bad_input
-from raylens.serve.limits import ServeError
-from raylens.serve.observe import INDEX_VECTORS
+from raylens.index.manifest import normalize_data_roots
+from raylens.search import IndexSet, SearchQuery, search_batch
+from raylens.serve.files import item_file
+from raylens.serve.observe import INDEX_VECTORS, FailureStreak, quiet_client_errors
+from raylens.serve.search_api import describe_indices
+from raylens_services.embedding import DEFAULT_BATCH, DEFAULT_WAIT_S, EmbedderClient
 
 __all__ = ["IndexServer", "INDEX_ENV", "parse_index_spec", "app"]
 
@@ -42,85 +68,143 @@ def parse_index_spec(spec: str | dict[str, str] | None) -> dict[str, str]:
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25})
 class IndexServer:
-    """Searches the named indices; the first one is the default."""
+    """Searches the named indices (the first is the default) with the embedding deployment's model.
 
-    def __init__(self, indices: dict[str, str] | str | None = None):
+    ``embedder``: a handle to :class:`raylens_services.embedding.ClipEmbedder` (None: embedding
+    queries only). ``batch``: ``{max_batch_size, batch_wait_timeout_s}`` of the search batches.
+    ``data_roots``: ``{index name: [directories]}`` to serve item files from, instead of the roots
+    each index's manifest declares.
+    """
+
+    async def __init__(
+        self,
+        indices: dict[str, str] | str | None = None,
+        embedder: DeploymentHandle | None = None,
+        batch: dict[str, Any] | None = None,
+        data_roots: dict[str, list[str]] | None = None,
+    ):
         from ray.serve.metrics import Gauge
 
-        from raylens.index import IndexCatalog
-
-        self.catalog = IndexCatalog()
-        self.order: list[str] = []
+        quiet_client_errors()
+        batch = dict(batch or {})
+        self._search_batch.set_max_batch_size(int(batch.get("max_batch_size", DEFAULT_BATCH)))
+        self._search_batch.set_batch_wait_timeout_s(float(batch.get("batch_wait_timeout_s", DEFAULT_WAIT_S)))
         self._size = Gauge(INDEX_VECTORS, "vectors in each open index", tag_keys=("index",))
-        self._open(parse_index_spec(indices or os.environ.get(INDEX_ENV)))
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-load")
+        self._failures = FailureStreak()
+        self.loading: list[str] = []
+        self.swap_error: str | None = None
+        self._generation = 0
+        self._swap_task: asyncio.Task | None = None
+        self._served = False
+        self.data_roots = {str(k): normalize_data_roots(v) for k, v in (data_roots or {}).items()}
+        self.encoder = await EmbedderClient.connect(embedder) if embedder is not None else None
+        self.model = self.encoder.identity if self.encoder else None
+        self.indices = IndexSet(model=self.model)
+        await self._open(parse_index_spec(indices or os.environ.get(INDEX_ENV)))
 
-    def _open(self, spec: dict[str, str]) -> None:
+    @staticmethod
+    def _load(spec: dict[str, str]) -> dict[str, Any]:
+        """Load every index of ``spec`` and run one search on each (on the loader thread)."""
+        import numpy as np
+
         from raylens.index import VectorIndex
 
-        loaded = {name: VectorIndex.load(Path(path)) for name, path in spec.items()}  # all or nothing
-        for name, index in loaded.items():
-            self.catalog.add(name, index)
+        loaded = {name: VectorIndex.load(Path(path)) for name, path in spec.items()}
+        for index in loaded.values():
+            if len(index):  # warm it: the first query after the swap pays nothing extra
+                index.search(np.ones(index.dim, np.float32), k=1)
+        return loaded
+
+    async def _open(self, spec: dict[str, str], generation: int | None = None) -> None:
+        """Load every index of ``spec`` off the request path, check each against the model, then swap
+        the whole set in with one assignment (searches run on the old set meanwhile). A load that a
+        newer one superseded (``generation``) is dropped."""
+        self.loading = list(spec)
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(self._loader, self._load, spec)
+            new = IndexSet(loaded, model=self.model)  # the model/index check: a mismatch raises, nothing swapped
+        finally:
+            if generation is None or generation == self._generation:
+                self.loading = []
+        if generation is not None and generation != self._generation:
+            log.info("index swap to %s superseded by a newer config; dropped", list(spec))
+            return
+        old, self.indices = self.indices, new
+        for name, index in new.items():
             self._size.set(len(index), tags={"index": name})
-        for name in set(self.catalog.names()) - set(loaded):
-            self.catalog.close(name)
+        for name in set(old) - set(new):
             self._size.set(0, tags={"index": name})
-        self.order = list(loaded)
-        log.info("indices open: %s", {n: len(self.catalog.get(n)) for n in self.order})
+        log.info("indices open: %s", {n: len(i) for n, i in new.items()})
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        """``user_config`` hook: ``{"indices": {name: directory}}`` replaces the open set, atomically per index."""
-        if config and config.get("indices"):
-            self._open(parse_index_spec(config["indices"]))
+    async def _swap(self, spec: dict[str, str], generation: int) -> None:
+        """The background half of a live swap: load, check, swap; a failure keeps the old set serving."""
+        try:
+            await self._open(spec, generation)
+        except Exception as exc:  # reported, not raised: the old set goes on serving
+            if generation == self._generation:
+                self.swap_error = f"{type(exc).__name__}: {exc}"[:1000]
+            log.error("index swap to %s failed, still serving %s: %s", list(spec), list(self.indices), exc)
+        else:
+            if generation == self._generation:
+                self.swap_error = None
 
-    def _resolve(self, name: str | None) -> str:
-        if name is None:
-            if not self.order:
-                raise ServeError(503, "no_index", f"no index is open; set {INDEX_ENV} or the service's `indices`")
-            return self.order[0]
-        if name not in self.catalog:
-            raise ServeError(404, "unknown_index", f"no index named {name!r}; open ones: {self.order}")
-        return name
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """``user_config`` hook: ``{"indices": {name: directory}, "data_roots": {name: [dirs]}}``
+        replaces the open set: on a live replica in the background (see the module docstring)."""
+        if not config:
+            return
+        if config.get("data_roots") is not None:
+            self.data_roots = {str(k): normalize_data_roots(v) for k, v in config["data_roots"].items()}
+        if not config.get("indices"):
+            return
+        spec = parse_index_spec(config["indices"])
+        self._generation += 1
+        if not self._served:  # starting (or idle): nobody waits, and a bad config fails the start
+            await self._open(spec)
+            return
+        self._swap_task = asyncio.get_running_loop().create_task(self._swap(spec, self._generation))
+
+    async def check_health(self) -> None:
+        """Serve's health check: the index set is in place and search batches are not failing in a row."""
+        if not isinstance(self.indices, IndexSet):
+            raise RuntimeError("IndexServer: no index set is in place")
+        self._failures.check("IndexServer")
 
     async def describe(self) -> dict[str, Any]:
-        """Per index: model, checkpoint hash, count, dim, factory, metadata columns; and the default name."""
-        info = self.catalog.describe()
-        for name, d in info.items():
-            index = self.catalog.get(name)
-            d.update(checkpoint_hash=index.manifest.checkpoint_hash, columns=index.columns, path=None)
-        return {"default": self.order[0] if self.order else None, "indices": {n: info[n] for n in self.order}}
+        """Per index: model, checkpoint hash, count, dim, factory, metadata columns and their types; the
+        default name, the model the indices were checked against, and the names of a set being loaded
+        to swap in (``loading``; empty when none) and why the last swap failed (``swap_error``; None when
+        it did not). No file paths."""
+        self._served = True
+        return {**describe_indices(self.indices), "loading": list(self.loading), "swap_error": self.swap_error}
 
-    @returns_bad_input
-    async def search(self, name: str | None, vector: np.ndarray, k: int, filters: dict | None = None) -> dict[str, Any]:
-        """Top-``k`` hits (as dicts) of one query vector in index ``name`` (None: the default)."""
-        name = self._resolve(name)
-        index = self.catalog.get(name)
-        k = min(k, len(index))
-        if k < 1:
-            return {"index": name, "hits": []}
-        hits = await asyncio.to_thread(index.search, np.asarray(vector, np.float32)[None], k, filters)
-        return {"index": name, "hits": [h.to_dict() for h in hits[0]]}
+    async def search(self, query: SearchQuery) -> dict[str, Any]:
+        """One query's ``{"index", "hits"}`` (hits as dicts); concurrent calls run as one batch.
+        A query's error is raised to its caller only."""
+        self._served = True
+        outcome = await self._search_batch(query)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome.to_dict()
 
-    @returns_bad_input
-    async def search_many(
-        self, name: str | None, vectors: np.ndarray, k: int, filters: dict | None = None
-    ) -> dict[str, Any]:
-        """Top-``k`` hits of each row of ``vectors`` (one FAISS call for the whole batch)."""
-        name = self._resolve(name)
-        index = self.catalog.get(name)
-        k = min(k, len(index))
-        x = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
-        if k < 1:
-            return {"index": name, "hits": [[] for _ in range(len(x))]}
-        hits = await asyncio.to_thread(index.search, x, k, filters)
-        return {"index": name, "hits": [[h.to_dict() for h in row] for row in hits]}
+    @serve.batch(max_batch_size=DEFAULT_BATCH, batch_wait_timeout_s=DEFAULT_WAIT_S, max_concurrent_batches=4)
+    async def _search_batch(self, queries: list[SearchQuery]) -> list[Any]:
+        indices = self.indices  # this batch keeps the set it started with, whatever a swap does meanwhile
+        out = await asyncio.to_thread(search_batch, queries, indices, self.encoder, return_exceptions=True)
+        errors = [o for o in out if isinstance(o, Exception)]
+        if len(errors) < len(out):
+            self._failures.ok()
+        for exc in errors:
+            self._failures.record(exc)
+        return out
 
-    @returns_bad_input
-    async def image_path(self, name: str | None, item_id: int) -> str | None:
-        """The ``path`` metadata of one indexed item (None for an unknown id or one without a path)."""
-        index = self.catalog.get(self._resolve(name))
-        if not index.ids.size or item_id not in index.ids:
-            return None
-        return index.metadata([item_id])[0].get("path")
+    async def image(self, name: str | None, item_id: int, max_bytes: int) -> tuple[bytes, str]:
+        """``(bytes, media type)`` of an item's file, from the index's data roots only (404 otherwise)."""
+        self._served = True
+        name, index = self.indices.resolve(name)
+        roots = self.data_roots.get(name)
+        return await asyncio.to_thread(item_file, index, item_id, max_bytes=max_bytes, roots=roots)
 
 
 app = IndexServer.bind()

@@ -33,15 +33,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from raylens.serve.http import install_error_handlers, read_body, require_api_key
-from raylens.serve.limits import (
-    ServeError,
-    ServeLimits,
-    check_batch,
-    check_pixels,
-    error_response,
-    safe_zip_members,
-)
+from raylens.serve.http import install_error_handlers, json_error, read_body, require_api_key
+from raylens.serve.limits import ServeError, ServeLimits, check_batch, check_pixels, safe_zip_members
 
 __all__ = ["api", "MedicalFusionService", "app", "build_app", "CHECKPOINT_ENV"]
 
@@ -110,10 +103,7 @@ class MedicalFusionService:
             result = await asyncio.to_thread(self._predict_zip, body)
             return JSONResponse(result)
         except Exception as exc:  # every failure becomes a JSON error; bad input is never a 500
-            status, payload = error_response(exc)
-            if status >= 500:
-                log.error("medical predict failed: %s", type(exc).__name__)  # no message: it may hold data
-            return JSONResponse(payload, status_code=status)
+            return json_error(exc, logger=log, details=False)  # a 5xx is logged without its message: it may hold data
 
     def _predict_zip(self, body: bytes) -> dict[str, Any]:
         from raylens_domains.medical.errors import DicomError

@@ -1,131 +1,122 @@
 """The search service: a FastAPI ingress on Ray Serve over the embedding, index and classifier deployments.
 
-Endpoints (JSON errors ``{"error": {"status", "code", "message"}}`` for every refusal, never a 500 for
-bad input; an API key in ``x-api-key`` or ``Authorization: Bearer`` when ``RAYLENS_API_KEY`` or
-``RAYLENS_API_KEY_FILE`` is set):
+The HTTP API is :func:`raylens.serve.search_api.create_search_api` (read its docstring for the
+routes, auth, limits and errors); every ingress replica builds it at start (Serve's late-bound ASGI
+app, ``__serve_build_asgi_app__``) over :class:`HandleBackend`, which reaches the other deployments
+through ``DeploymentHandle``s:
 
 * ``POST /search``: text, an image (multipart ``image`` file or JSON ``image_b64``) or an
-  ``embedding``; ``k``; metadata ``filters``; ``index`` name -> hits with scores and metadata.
-* ``POST /embed``: ``{"texts": [...]}`` or ``{"images_b64": [...]}`` -> embeddings.
-* ``POST /classify``: images -> class probabilities from one of the classifier versions (A/B split;
-  ``x-model-version`` pins one, ``x-ab-key`` keeps a caller on one).
-* ``GET /indices``, ``GET /healthz``, ``GET /images/{index}/{id}`` (a result's image file), ``GET /``
-  (the search page).
+  ``embedding``; ``k``; metadata ``filters``; ``index`` name -> hits with scores and metadata. The
+  index deployment runs the one search core (:func:`raylens.search.search_batch`).
+* ``POST /embed``, ``POST /classify`` (A/B split between classifier versions), ``GET /indices``,
+  ``GET /images/{index}/{id}`` (a hit's file, from the index's data roots only), ``GET /status``
+  (details), ``GET /openapi.json`` (the live contract): all behind the API key.
+* ``GET /healthz`` (``up``/``down`` only) and ``GET /`` (the search page): open.
 
-Run: ``serve run services/raylens_services/search.yaml``, ``raylens serve``, or ``serve run raylens_services.search:app``
-with ``RAYLENS_INDEX`` (and optionally ``RAYLENS_CHECKPOINT``) set.
+Auth is resolved when the app is built (:func:`raylens.serve.auth.resolve_auth`: the ``api_key_file``
+or ``api_key`` argument, else ``RAYLENS_API_KEY``/``RAYLENS_API_KEY_FILE`` where the app is built) and
+passed to every ingress replica, which enforces it whatever its own environment holds; with no key
+the ingress refuses to start behind a non-loopback HTTP host unless ``open: true``.
+
+Run: ``serve run services/raylens_services/search.yaml``, ``raylens serve``, or
+``serve run raylens_services.search:build_app indices=runs/index`` (with ``RAYLENS_API_KEY`` set, or
+``api_key_file=...``).
 """
 
-# No ``from __future__ import annotations``: FastAPI must see the real ``Request`` annotations on the
-# methods that ``serve.ingress`` wraps.
-import asyncio
-import json
+# No ``from __future__ import annotations``: FastAPI reads the route functions' real annotations.
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from raylens.serve.ab import AB_KEY_HEADER, VERSION_HEADER, TrafficSplit
-from raylens.serve.http import (
-    enable_cors,
-    install_error_handlers,
-    json_error,
-    raise_returned,
-    read_body,
-    require_api_key,
-)
-from raylens.serve.limits import ServeError, ServeLimits, check_batch
+from raylens.search import SearchQuery
+from raylens.serve.auth import ServeAuth, resolve_auth
+from raylens.serve.limits import ServeLimits
 from raylens.serve.observe import LATENCY_BOUNDARIES_MS, MODEL_LATENCY_MS, REQUESTS, SEARCH_LATENCY_MS
-from raylens.serve.query import (
-    ITEMS_JSON_SCHEMA,
-    SEARCH_FORM_SCHEMA,
-    SEARCH_JSON_SCHEMA,
-    SearchQuery,
-    check_index_name,
-    decode_upload,
-    parse_search,
-    parse_search_form,
-    parse_texts_or_images,
-)
+from raylens.serve.ray_apps import serve_http_host
+from raylens.serve.search_api import Observer, create_search_api
 from raylens_services.classify import Classifier
 from raylens_services.embedding import CHECKPOINT_ENV, ClipEmbedder
 from raylens_services.indices import INDEX_ENV, IndexServer, parse_index_spec
 
-__all__ = ["api", "SearchIngress", "build_app", "app", "CLASSIFIER_ENV"]
+__all__ = ["SearchIngress", "HandleBackend", "build_app", "app", "CLASSIFIER_ENV"]
 
 log = logging.getLogger("ray.serve")
 CLASSIFIER_ENV = "RAYLENS_CLASSIFIER"
 STATIC = Path(__file__).parent / "static"
-IMAGE_TYPES = {
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".webp": "image/webp",
-    ".gif": "image/gif",
-    ".bmp": "image/bmp",
-}
-
-api = install_error_handlers(
-    FastAPI(
-        title="raylens search",
-        version="1",
-        description="Text-to-image search, embeddings and classification over HTTP (Ray Serve).",
-    )
-)
-enable_cors(api)  # only when RAYLENS_CORS_ORIGINS is set
 
 
-def _body_doc(json_schema: dict[str, Any], form_schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    content = {"application/json": {"schema": json_schema}}
-    if form_schema:
-        content["multipart/form-data"] = {"schema": form_schema}
-    return {"requestBody": {"required": True, "content": content}}
+class HandleBackend:
+    """The search API's backend (:class:`raylens.serve.search_api.SearchBackend`) over deployment handles."""
 
-
-_IMAGES_FORM = {
-    "type": "object",
-    "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-}
-
-
-@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
-@serve.ingress(api)
-class SearchIngress:
-    """HTTP in front of the model and index deployments (composed through ``DeploymentHandle``)."""
-
-    def __init__(
-        self,
-        embedder: DeploymentHandle,
-        indices: DeploymentHandle,
-        classifiers: dict[str, DeploymentHandle] | None = None,
-        split: dict[str, float] | None = None,
-        limits: dict[str, Any] | None = None,
-        batch: dict[str, Any] | None = None,
-    ):
-        from ray.serve.metrics import Counter, Histogram
-
-        batch = dict(batch or {})
-        self._search_batch.set_max_batch_size(int(batch.get("max_batch_size", 32)))
-        self._search_batch.set_batch_wait_timeout_s(float(batch.get("batch_wait_timeout_s", 0.005)))
-
+    def __init__(self, embedder: DeploymentHandle, indices: DeploymentHandle, classifiers: dict[str, DeploymentHandle]):
         self.embedder = embedder
         self.indices = indices
-        self.classifiers = dict(classifiers or {})
-        self.split = TrafficSplit(split or {v: 1.0 for v in self.classifiers}) if self.classifiers else None
-        if self.split and set(self.split.versions) != set(self.classifiers):
-            raise ValueError(
-                f"the traffic split names {self.split.versions} but the classifier versions are "
-                f"{sorted(self.classifiers)}; give a weight to each version"
-            )
-        self.limits = ServeLimits(**limits) if limits else ServeLimits.from_env()
+        self.classifiers = classifiers
+
+    async def ready(self) -> bool:
+        return bool((await self.indices.describe.remote())["indices"])
+
+    async def status(self) -> dict[str, Any]:
+        problems = []
+        info = await self.embedder.info.remote()
+        catalog = await self.indices.describe.remote()  # every open index matched the model when attached
+        if not catalog["indices"]:
+            problems.append(f"no index is open; set {INDEX_ENV} or the service's `indices`")
+        if catalog.get("swap_error"):
+            problems.append(f"the last index swap failed (the indices above still serve): {catalog['swap_error']}")
+        versions = {}
+        for v, handle in self.classifiers.items():
+            c = await handle.info.remote()
+            versions[v] = {k: c.get(k) for k in ("version", "ready", "kind", "classes", "checkpoint_hash")}
+            if not c.get("ready"):
+                problems.append(f"classifier {v} is not ready")
+        return {
+            "ready": not problems,
+            "model": {"name": info["model"], "checkpoint_hash": info["checkpoint_hash"], "dim": info["dim"]},
+            "indices": list(catalog["indices"]),
+            "classifier_versions": versions,
+            "problems": problems,
+        }
+
+    async def describe(self) -> dict[str, Any]:
+        return await self.indices.describe.remote()
+
+    async def search(self, query: SearchQuery) -> dict[str, Any]:
+        return await self.indices.search.remote(query)  # batched with concurrent searches over there
+
+    async def embed(self, kind: str, items: list[Any]) -> dict[str, Any]:
+        method = self.embedder.embed_text if kind == "text" else self.embedder.embed_image
+        responses = [method.remote(x) for x in items]  # one call each: the replica batches them
+        vectors = [await r for r in responses]
+        info = await self.embedder.info.remote()
+        return {
+            "model": info["model"],
+            "checkpoint_hash": info["checkpoint_hash"],
+            "dim": info["dim"],
+            "embeddings": vectors,
+        }
+
+    async def classify(self, version: str, images: list[np.ndarray]) -> dict[str, Any]:
+        result = await self.classifiers[version].predict.remote(images)
+        return {k: result.get(k) for k in ("kind", "checkpoint_hash", "predictions")}
+
+    async def image(self, index: str, item_id: int, max_bytes: int) -> tuple[bytes, str]:
+        return await self.indices.image.remote(index, item_id, max_bytes)
+
+
+class _RayMetrics(Observer):
+    """The API's metric hooks as Ray metrics (Prometheus), and one log line per search (with Serve's
+    request id, from the replica's logging context)."""
+
+    def __init__(self):
+        from ray.serve.metrics import Counter, Histogram
+
         self._latency = Histogram(
             SEARCH_LATENCY_MS,
             "search time in the ingress (encode + search)",
@@ -142,248 +133,79 @@ class SearchIngress:
             REQUESTS, "requests by route, model version and status", tag_keys=("route", "version", "status")
         )
 
-    # ---- helpers ----------------------------------------------------------------------------------
-
-    def _count(self, route: str, status: int, version: str = "") -> None:
+    def count(self, route: str, status: int, version: str = "") -> None:
         self._requests.inc(tags={"route": route, "version": version, "status": str(status)})
 
-    def _fail(self, route: str, exc: BaseException, version: str = "") -> JSONResponse:
-        resp = json_error(exc)
-        self._count(route, resp.status_code, version)
-        return resp
+    def searched(self, index: str, kind: str, k: int, hits: int, ms: float) -> None:
+        self._latency.observe(ms, tags={"index": index, "kind": kind})
+        log.info("search index=%s kind=%s k=%d hits=%d ms=%.1f", index, kind, k, hits, ms)
 
-    async def _json(self, request: Request) -> Any:
-        body = await read_body(request, self.limits)
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError):
-            raise ServeError(400, "bad_json", "the body is not valid JSON") from None
+    def model_latency(self, ms: float, route: str, version: str) -> None:
+        self._model_latency.observe(ms, tags={"route": route, "version": version})
 
-    async def _form(self, request: Request) -> tuple[dict[str, Any], list[bytes]]:
-        """Form fields (strings) and the bytes of every ``image`` file."""
-        await read_body(request, self.limits)
-        try:
-            form = await request.form(max_files=self.limits.max_batch, max_fields=16)
-        except Exception as e:  # Starlette/python-multipart raise several types for malformed forms
-            detail = str(getattr(e, "detail", "") or e)
-            if detail.startswith("Too many"):  # Starlette: "Too many files. Maximum number of files is N."
-                raise ServeError(413, "batch_too_large", f"{detail} (the batch limit)") from None
-            raise ServeError(400, "bad_form", f"not a readable multipart form ({detail[:200]})") from None
-        fields: dict[str, Any] = {}
-        images: list[bytes] = []
-        for key, value in form.multi_items():
-            if hasattr(value, "read"):
-                if key != "image":
-                    raise ServeError(422, "unknown_file", f"unexpected file field {key!r}; send images as `image`")
-                images.append(await value.read())
-            elif key == "image":
-                raise ServeError(422, "bad_image", "`image` must be a file upload, not a text field")
-            else:
-                fields[key] = value
-        return fields, images
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=4)
-    async def _search_batch(self, queries: list[SearchQuery]) -> list[Any]:
-        """Concurrent searches run together: per (kind, index, filters) group, one embedder call for
-        all its texts (or images) and one FAISS search for all its vectors. A group's error is
-        returned to each of its queries (and raised there), never to the others."""
-        out: list[Any] = [None] * len(queries)
-        groups: dict[tuple, list[int]] = {}
-        for i, q in enumerate(queries):
-            dim = len(q.embedding) if q.kind == "embedding" else 0
-            key = (q.kind, q.index, json.dumps(q.filters, sort_keys=True, default=str), dim)
-            groups.setdefault(key, []).append(i)
+@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress()
+class SearchIngress:
+    """HTTP in front of the model and index deployments: the API of :mod:`raylens.serve.search_api`,
+    built in each replica (``__serve_build_asgi_app__``) with the auth and limits it was given."""
 
-        async def run(idx: list[int]) -> None:
-            first = queries[idx[0]]
-            try:
-                if first.kind == "text":
-                    vectors = self.embedder.embed_texts.remote([queries[i].text for i in idx])
-                elif first.kind == "image":
-                    vectors = self.embedder.embed_images.remote([queries[i].image for i in idx])
-                else:
-                    vectors = np.stack([np.asarray(queries[i].embedding, np.float32) for i in idx])
-                # a DeploymentResponse passed on: Serve hands the vectors to the index replica directly
-                res = raise_returned(
-                    await self.indices.search_many.remote(
-                        first.index, vectors, max(queries[i].k for i in idx), first.filters
-                    )
-                )
-                for row, i in zip(res["hits"], idx):
-                    out[i] = {"index": res["index"], "hits": row[: queries[i].k]}
-            except Exception as exc:  # noqa: BLE001 - handed back to each caller, who maps it to a 4xx/5xx
-                for i in idx:
-                    out[i] = exc
-
-        await asyncio.gather(*(run(idx) for idx in groups.values()))
-        return out
-
-    @staticmethod
-    def _content_type(request: Request) -> str:
-        ctype = (request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
-        if ctype not in ("application/json", "multipart/form-data"):
-            raise ServeError(
-                415, "unsupported_media_type", f"send application/json or multipart/form-data, not {ctype!r}"
-            )
-        return ctype
-
-    async def _parse_search(self, request: Request) -> SearchQuery:
-        if self._content_type(request) == "application/json":
-            return parse_search(await self._json(request), self.limits)
-        fields, images = await self._form(request)
-        if len(images) > 1:
-            raise ServeError(422, "one_query", "send one `image` file per search")
-        return parse_search_form(fields, images[0] if images else None, self.limits)
-
-    async def _images(self, request: Request) -> tuple[str, list[Any]]:
-        if self._content_type(request) == "application/json":
-            return parse_texts_or_images(await self._json(request), self.limits, allow_texts=False)
-        fields, files = await self._form(request)
-        if fields:
-            raise ServeError(422, "unknown_fields", f"unexpected form field(s) {sorted(fields)}; send `image` files")
-        if not files:
-            raise ServeError(400, "empty_batch", "send at least one `image` file")
-        check_batch(len(files), self.limits)
-        return "image", [decode_upload(f, self.limits) for f in files]
-
-    # ---- endpoints --------------------------------------------------------------------------------
-
-    @api.get("/healthz", summary="Readiness: model, indices and whether they match")
-    async def healthz(self):
-        problems = []
-        model = await self.embedder.info.remote()
-        catalog = await self.indices.describe.remote()
-        for name, d in catalog["indices"].items():
-            if d["model"] != model["model"] or (
-                d["checkpoint_hash"] and d["checkpoint_hash"] != model["checkpoint_hash"]
-            ):
-                problems.append(
-                    f"index {name!r} was built with {d['model']} ({d['checkpoint_hash']}), the embedder "
-                    f"serves {model['model']} ({model['checkpoint_hash']})"
-                )
-        if not catalog["indices"]:
-            problems.append(f"no index is open; set {INDEX_ENV}")
-        versions = {v: await h.info.remote() for v, h in self.classifiers.items()}
-        return {
-            "ready": not problems,
-            "model": model,
-            "indices": sorted(catalog["indices"]),
-            "classifier_versions": versions,
-            "problems": problems,
-        }
-
-    @api.get("/indices", summary="The open indices: model, count, dim, metadata columns")
-    async def list_indices(self, request: Request):
-        try:
-            require_api_key(request)
-            return JSONResponse(await self.indices.describe.remote())
-        except Exception as exc:
-            return json_error(exc)
-
-    @api.post(
-        "/search",
-        summary="Search an index by text, image or embedding",
-        openapi_extra=_body_doc(SEARCH_JSON_SCHEMA, SEARCH_FORM_SCHEMA),
-    )
-    async def search(self, request: Request):
-        t0 = time.perf_counter()
-        try:
-            require_api_key(request)
-            q = await self._parse_search(request)
-            result = await self._search_batch(q)
-            if isinstance(result, Exception):
-                raise result
-        except Exception as exc:
-            return self._fail("search", exc)
-        ms = (time.perf_counter() - t0) * 1000
-        self._latency.observe(ms, tags={"index": result["index"], "kind": q.kind})
-        self._count("search", 200)
-        log.info("search index=%s kind=%s k=%d hits=%d ms=%.1f", result["index"], q.kind, q.k, len(result["hits"]), ms)
-        return JSONResponse(
-            {"index": result["index"], "kind": q.kind, "k": q.k, "took_ms": round(ms, 2), "hits": result["hits"]}
-        )
-
-    @api.post("/embed", summary="Embed texts or images", openapi_extra=_body_doc(ITEMS_JSON_SCHEMA))
-    async def embed(self, request: Request):
-        try:
-            require_api_key(request)
-            kind, items = (
-                parse_texts_or_images(await self._json(request), self.limits)
-                if self._content_type(request) == "application/json"
-                else await self._images(request)
-            )
-            method = self.embedder.embed_text if kind == "text" else self.embedder.embed_image
-            responses = [method.remote(x) for x in items]  # one call each: the replica batches them
-            vectors = [await r for r in responses]
-            info = await self.embedder.info.remote()
-        except Exception as exc:
-            return self._fail("embed", exc)
-        self._count("embed", 200)
-        return JSONResponse(
-            {
-                "model": info["model"],
-                "checkpoint_hash": info["checkpoint_hash"],
-                "kind": kind,
-                "dim": info["dim"],
-                "embeddings": [v.tolist() for v in vectors],
-            }
-        )
-
-    @api.post(
-        "/classify",
-        summary="Classify images with one of the model versions (A/B split)",
-        openapi_extra=_body_doc(
-            {**ITEMS_JSON_SCHEMA, "properties": {"images_b64": ITEMS_JSON_SCHEMA["properties"]["images_b64"]}},
-            _IMAGES_FORM,
-        ),
-    )
-    async def classify(self, request: Request):
-        version = ""
-        try:
-            require_api_key(request)
-            if self.split is None:
-                raise ServeError(404, "no_classifier", "this service has no classifier configured")
-            try:
-                version = self.split.route(request.headers.get(VERSION_HEADER), request.headers.get(AB_KEY_HEADER))
-            except KeyError as e:
-                raise ServeError(400, "unknown_version", str(e.args[0])) from None
-            _, images = await self._images(request)
-            t0 = time.perf_counter()
-            result = raise_returned(await self.classifiers[version].predict.remote(images))
-        except Exception as exc:
-            return self._fail("classify", exc, version)
-        self._model_latency.observe((time.perf_counter() - t0) * 1000, tags={"route": "classify", "version": version})
-        self._count("classify", 200, version)
-        return JSONResponse({"model_version": version, **result})
-
-    @api.get("/images/{index}/{item_id}", summary="The image file of one indexed item")
-    async def image(
+    async def __init__(
         self,
-        request: Request,
-        index: str = PathParam(..., max_length=64),
-        item_id: int = PathParam(..., ge=0, le=2**62),
+        embedder: DeploymentHandle,
+        indices: DeploymentHandle,
+        classifiers: dict[str, DeploymentHandle] | None = None,
+        split: dict[str, float] | None = None,
+        limits: dict[str, Any] | None = None,
+        auth: ServeAuth | None = None,
     ):
-        try:
-            require_api_key(request)
-            path = raise_returned(await self.indices.image_path.remote(check_index_name(index), item_id))
-            p = Path(path) if path else None
-            if p is None or p.suffix.lower() not in IMAGE_TYPES or not p.is_file():
-                raise ServeError(404, "no_image", f"item {item_id} has no image file on this server")
-            if p.stat().st_size > self.limits.max_body_bytes:
-                raise ServeError(413, "image_too_large", "the image file is over the size limit")
-            return Response(
-                p.read_bytes(), media_type=IMAGE_TYPES[p.suffix.lower()], headers={"cache-control": "max-age=300"}
+        self.auth = auth if auth is not None else ServeAuth()
+        if not isinstance(self.auth, ServeAuth):
+            raise TypeError(
+                f"`auth` must be a ServeAuth (raylens.serve.auth.resolve_auth), got {type(self.auth).__name__}"
             )
-        except Exception as exc:
-            return json_error(exc)
+        self.auth.check_bind(await serve_http_host())  # no key on a public address: refuse to start
+        self.classifiers = dict(classifiers or {})
+        self.split = dict(split or {v: 1.0 for v in self.classifiers})
+        if set(self.split) != set(self.classifiers):
+            raise ValueError(
+                f"the traffic split names {sorted(self.split)} but the classifier versions are "
+                f"{sorted(self.classifiers)}; give a weight to each version"
+            )
+        self.limits = ServeLimits(**limits) if limits else ServeLimits.from_env()
+        self.backend = HandleBackend(embedder, indices, self.classifiers)
 
-    @api.get("/", include_in_schema=False)
-    async def page(self):
-        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+    def __serve_build_asgi_app__(self):
+        api = create_search_api(
+            self.backend, auth=self.auth, limits=self.limits, versions=self.split or None, observer=_RayMetrics()
+        )
 
-    @api.get("/app.js", include_in_schema=False)
-    async def page_js(self):
-        return Response((STATIC / "app.js").read_text(encoding="utf-8"), media_type="text/javascript")
+        async def page():
+            return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+        async def page_js():
+            return Response((STATIC / "app.js").read_text(encoding="utf-8"), media_type="text/javascript")
+
+        api.add_api_route("/", page, methods=["GET"], include_in_schema=False)
+        api.add_api_route("/app.js", page_js, methods=["GET"], include_in_schema=False)
+        return api
+
+    async def check_health(self) -> None:
+        """Serve's health check: the replica has its HTTP app (the parts it calls have their own checks)."""
+        if self.backend is None:
+            raise RuntimeError("SearchIngress: no backend")
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A true/false app argument (``serve run ... open=true`` passes the text ``"true"``)."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"`{name}` must be true or false, got {value!r}")
 
 
 def _abs(path: str | None) -> str | None:
@@ -394,25 +216,35 @@ def _checkpoint_from_index(indices: dict[str, str]) -> tuple[str | None, str | N
     """(checkpoint, model) recorded in the first index's manifest."""
     if not indices:
         return None, None
-    from raylens.index.store import find_index_dir, read_manifest
+    from raylens.index.store import open_version
 
-    m = read_manifest(find_index_dir(next(iter(indices.values()))))
-    return m.checkpoint, m.model
+    with open_version(next(iter(indices.values()))) as version:
+        return version.manifest.checkpoint, version.manifest.model
 
 
 def build_app(args: dict[str, Any] | None = None):
     """App builder (``serve run raylens_services.search:build_app indices=runs/index ...`` or a config's ``args``).
 
-    ``args``: ``indices`` (``dir``, ``name=dir,...`` or a mapping; default ``RAYLENS_INDEX``),
+    ``args``: ``api_key_file`` (a file whose first line is the key; read here, where the app is
+    built) or ``api_key``, else ``RAYLENS_API_KEY``/``RAYLENS_API_KEY_FILE``; ``open`` (true: serve
+    without a key on any address, on purpose); ``indices`` (``dir``, ``name=dir,...`` or a mapping;
+    default ``RAYLENS_INDEX``), ``data_roots`` (``{index name: [dirs]}`` that ``/images`` serves from,
+    instead of each manifest's ``data_roots``),
     ``checkpoint``/``model`` (default: the first index's manifest), ``classifiers`` (``{version:
     {checkpoint, weight, classes, templates}}``; a missing checkpoint means the embedding model's;
     default ``RAYLENS_CLASSIFIER`` as one timm/CLIP checkpoint dir), ``limits`` (ServeLimits fields),
-    ``batch`` (``{max_batch_size, batch_wait_timeout_s}`` of the embedder), ``options``
+    ``batch`` (``{max_batch_size, batch_wait_timeout_s}`` of the search batches and the embedder), ``options``
     (``{deployment name: Serve options}``, e.g. ``autoscaling_config``; a config file's
     ``deployments:`` section does the same for ``serve run``).
     """
     args = dict(args or {})
     options = dict(args.get("options") or {})
+    auth = resolve_auth(
+        api_key=args.get("api_key"), api_key_file=_abs(args.get("api_key_file")), open=_flag(args.get("open"), "open")
+    )
+    data_roots = {
+        str(n): [_abs(d) for d in ([r] if isinstance(r, str) else r)] for n, r in (args.get("data_roots") or {}).items()
+    }
 
     def deployment(d, name: str | None = None):
         name = name or d.name
@@ -424,8 +256,9 @@ def build_app(args: dict[str, Any] | None = None):
         from_index, index_model = _checkpoint_from_index(indices)
         checkpoint = from_index or _abs(os.environ.get(CHECKPOINT_ENV))
         model = model or index_model
-    embedder = deployment(ClipEmbedder).bind(checkpoint, model, **dict(args.get("batch") or {}))
-    index_server = deployment(IndexServer).bind(indices or None)
+    batch = dict(args.get("batch") or {})
+    embedder = deployment(ClipEmbedder).bind(checkpoint, model, **batch)
+    index_server = deployment(IndexServer).bind(indices or None, embedder, batch, data_roots or None)
     versions = dict(args.get("classifiers") or {})
     if not versions and os.environ.get(CLASSIFIER_ENV):
         versions = {"v1": {"checkpoint": os.environ[CLASSIFIER_ENV], "weight": 1.0}}
@@ -437,7 +270,7 @@ def build_app(args: dict[str, Any] | None = None):
         )
         split[v] = float(cfg.get("weight", 1.0))
     return deployment(SearchIngress).bind(
-        embedder, index_server, classifiers or None, split or None, args.get("limits"), args.get("batch")
+        embedder, index_server, classifiers or None, split or None, args.get("limits"), auth
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
+from raylens.models import create_model
 from raylens_domains.medical import (
     DeidConfig,
     DicomIngestConfig,
@@ -20,7 +21,6 @@ from raylens_domains.medical import (
     FusionTrainConfig,
     PhantomConfig,
     VolumeTransformConfig,
-    create_fusion_model,
     generate_phantoms,
     save_checkpoint,
 )
@@ -61,13 +61,22 @@ def ingest(ray_session, phantom):
 
 
 def test_reader_gives_one_deidentified_row_per_series_and_a_report(phantom, ingest):
-    ds, report = ingest.dataset, ingest.report
+    from raylens.data import ReadResult
+    from raylens_domains.medical import VolumeGeometry
+
+    assert isinstance(ingest, ReadResult) and ingest.stats["files"] >= 2 * len(phantom.patients)
+    ds, report = ingest.dataset, ingest.report()
     assert ds.count() == 2 * len(phantom.patients) + 1 == report.n_ok
     assert report.reasons() == {"not a DICOM file": 2, "missing slices": 1, "mixed series": 1}
     rows = ds.take_all()
     assert {r["modality"] for r in rows} == {"CT", "MR"}
     shapes = {tuple(np.asarray(r["volume"]).shape) for r in rows}
     assert (1, 128, 128) in shapes and (SMALL["ct_slices"], 16, 16) in shapes  # variable shapes in one dataset
+    # geometry travels as one struct column that describes each row's volume
+    assert "struct" in str(ds.schema().types[ds.schema().names.index("geometry")])
+    assert all(VolumeGeometry.of(r["geometry"]).shape == np.asarray(r["volume"]).shape for r in rows)
+    assert {r["normalization"] for r in rows} == {""}
+    assert ingest.stats["slices"] >= sum(int(r["n_slices"]) for r in rows)
     labelled = [r for r in rows if r["label"] >= 0]
     assert len(labelled) == 2 * len(phantom.patients)
     assert all(str(r["patient_id"]).startswith("PAT-") and str(r["study_uid"]).startswith("2.25.") for r in rows)
@@ -91,10 +100,31 @@ def test_normalise_pair_and_fusion_inputs_on_ray(ray_session, phantom, ingest, f
     assert all(np.asarray(r["mr_aligned"]).shape == np.asarray(r["ct"]).shape == (16, 16, 16) for r in rows)
 
 
+def test_normalised_at_read_then_paired_is_normalised_once(ray_session, phantom, ingest):
+    """The pack's ``dicom:`` source with a transform (read_dicom(transform=T)) -> pair -> fusion_dataset(T):
+    each volume is normalised once, as normalising the raw volume once gives."""
+    from raylens.data import open_source
+    from raylens_domains.medical import Pseudonymizer, normalize_volume
+    from raylens_domains.medical.ray_reader import fusion_dataset, pair_dataset
+
+    p = next(p for p in phantom.patients if set(p.modalities) == {"CT", "MR"})
+    case = Path(p.folders["CT"]).parent  # case_NNN/{ct,mr}
+    cfg = DicomIngestConfig(deid=DeidConfig(key=KEY), labels=phantom.labels())
+    pre = open_source(f"dicom:{case}", TRANSFORM, config=cfg)
+    assert pre.report().n_ok == 2 and pre.name == pre.report().source
+    (ready,) = fusion_dataset(pair_dataset(pre.dataset, by="patient"), TRANSFORM).take_all()
+    pid = Pseudonymizer(KEY).patient_id(p.patient_id)
+    raw = next(r for r in ingest.dataset.take_all() if r["patient_id"] == pid and r["modality"] == "CT")
+    once, _ = normalize_volume(raw["volume"], raw["geometry"], "CT", TRANSFORM)
+    assert ready["key"] == pid and list(ready["present"]) == [1.0, 1.0]
+    np.testing.assert_allclose(np.asarray(ready["ct"]), once, atol=1e-6)
+    assert np.asarray(ready["ct"]).max() > 0.5  # a second CT window would keep everything under 0.31
+
+
 def test_no_phi_in_ray_outputs_parquet_and_logs(ray_session, phantom, ingest, fusion_rows, tmp_path):
     ingest.dataset.write_parquet(str(tmp_path / "series_parquet"))
     fusion_rows.write_parquet(str(tmp_path / "fusion_parquet"))
-    ingest.report.save(tmp_path / "report.json")
+    ingest.report().save(tmp_path / "report.json")
     blobs = [(f, f.read_bytes()) for f in tmp_path.rglob("*") if f.is_file()]
     logs = Path(ray_session._private.worker._global_node.get_session_dir_path()) / "logs"
     blobs += [(f, f.read_bytes()) for f in logs.rglob("*") if f.is_file() and f.stat().st_size < 50_000_000]
@@ -104,24 +134,78 @@ def test_no_phi_in_ray_outputs_parquet_and_logs(ray_session, phantom, ingest, fu
             assert value.encode() not in data, f"PHI {value!r} in {where}"
 
 
-@pytest.mark.slow
-def test_ray_train_mid_fusion_with_two_workers(ray_session, fusion_rows, tmp_path):
-    from raylens_domains.medical.ray_train import train_fusion_ray
+class Preempted(RuntimeError):
+    """What 'the cluster took our nodes' looks like to the test's first run."""
 
+
+class _StopsAfter:
+    """A RayContext that dies (on every rank) right after the report of epoch ``epoch``."""
+
+    def __init__(self, ctx, epoch: int):
+        self._ctx, self._epoch = ctx, epoch
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+    def report(self, metrics, checkpoint_dir=None):
+        kept = self._ctx.report(metrics, checkpoint_dir)
+        if metrics["epoch"] == self._epoch:
+            raise Preempted(f"stopped after epoch {self._epoch}")
+        return kept
+
+
+def _stopping_loop(config, ctx):
+    from raylens_domains.medical.ray_train import fusion_worker_loop
+
+    fusion_worker_loop(config, _StopsAfter(ctx, config["stop_after"]))
+
+
+@pytest.mark.slow
+def test_ray_train_mid_fusion_with_two_workers_stops_and_resumes(ray_session, fusion_rows, tmp_path):
+    """A 2-worker run dies after its first checkpoint; the same name + storage picks it up there."""
+    import sys
+    import tempfile
+    from dataclasses import asdict
+
+    from ray import cloudpickle
+
+    from raylens.models import load_model
+    from raylens.train import RayTrainOptions
+    from raylens.train.ray_fit import fit
+    from raylens_domains.medical import FusionPredictor
+    from raylens_domains.medical.ray_train import TRAIN_COLUMNS, train_fusion_ray
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stopping loop travels with the test
     fz = fusion_rows.filter(lambda r: r["label"] >= 0).materialize()
     cfg = FusionTrainConfig(
-        model="mid", epochs=2, batch_size=2, modality_dropout=0.2, model_kwargs={"encoder": {"widths": [4, 8, 8, 8]}}
+        model="mid",
+        epochs=3,
+        batch_size=2,
+        modality_dropout=0.2,
+        checkpoint_every=1,
+        model_kwargs={"encoder": {"widths": [4, 8, 8, 8]}},
     )
-    res = train_fusion_ray(
-        cfg, fz, fz, num_workers=2, storage_path=tmp_path / "runs", name="medical-test", transform=TRANSFORM
-    )
-    assert res.checkpoint_dir and Path(res.checkpoint_dir, "model.safetensors").is_file()
-    assert "val_auc" in res.metrics and "loss" in res.metrics
-    model = res.load_model()
-    assert model.kind == "mid"
-    from raylens_domains.medical import FusionPredictor
+    opts = RayTrainOptions(num_workers=2, storage_path=str(tmp_path / "runs"), name="medical-test")
+    loop_config = {"train": asdict(cfg), "has_val": True, "transform": asdict(TRANSFORM), "stop_after": 0}
+    datasets = {"train": fz.select_columns(TRAIN_COLUMNS), "val": fz.select_columns(TRAIN_COLUMNS)}
+    with pytest.raises(Exception, match="stopped after epoch 0"):
+        fit(_stopping_loop, loop_config, datasets, opts)
+    first = sorted((tmp_path / "runs" / "medical-test").glob("checkpoint_*/train_state.pt"))
+    assert len(first) == 1 and json.loads((first[0].parent / "config.json").read_text())["epoch"] == 0
+    first_history = json.loads((first[0].parent / "history.json").read_text())  # gone once 2 newer are kept
 
-    assert FusionPredictor.from_checkpoint(res.checkpoint_dir).transform == TRANSFORM
+    downloads_before = set(Path(tempfile.gettempdir()).glob("raylens-resume-*"))
+    res = train_fusion_ray(cfg, fz, fz, opts, transform=TRANSFORM)
+    assert set(Path(tempfile.gettempdir()).glob("raylens-resume-*")) == downloads_before  # used in place
+    assert [h["epoch"] for h in res.history] == [0, 1, 2] and res.steps == res.history[-1]["step"]
+    assert res.history[:1] == first_history  # kept, not redone
+    assert res.history[1]["lr"] < res.history[0]["lr"]  # the cosine schedule went on
+    assert {"val_auc", "val_accuracy", "val_f1", "loss"} <= set(res.metrics)
+    saved = json.loads((res.checkpoint / "config.json").read_text())
+    assert saved["epoch"] == 2 and saved["run"]["name"] == "medical-test" and saved["train"]["epochs"] == 3
+    assert (res.checkpoint / "curves.png").is_file() and (res.checkpoint / "history.csv").is_file()
+    assert load_model(res.checkpoint).kind == "mid"
+    assert FusionPredictor.from_checkpoint(res.checkpoint).transform == TRANSFORM
 
 
 def _free_port() -> int:
@@ -155,7 +239,7 @@ def test_serve_endpoint_predicts_from_a_zipped_upload(ray_session, phantom, tmp_
 
     from raylens_services.medical import MedicalFusionService
 
-    model = create_fusion_model("mid", encoder=EncoderConfig(widths=(4, 8, 8, 8)))
+    model = create_model("mid", encoder=EncoderConfig(widths=(4, 8, 8, 8)))
     save_checkpoint(
         model, tmp_path / "ckpt", extra={"transform": {"target_spacing": [6.0, 6.0, 6.0], "spatial_size": [16, 16, 16]}}
     )

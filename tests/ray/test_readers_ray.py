@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from raylens.data import ReadResult, open_source
 from raylens.data.augment import TrainAugment
 from raylens.data.images import ClipPreprocess
 from raylens.data.webdataset import write_tar, write_webdataset_shards
@@ -61,7 +62,7 @@ def test_parquet_embedded_bytes_and_paths(ray_session, tmp_path):
     assert all(b.num_rows > 0 and "Tensor" in type(b.schema.field("image").type).__name__ for b in blocks)
 
     pq.write_table(pa.table({"path": ["a"], "jpg": [b"x"]}), tmp_path / "bad.parquet")
-    with pytest.raises(ValueError, match=r"lacks column\(s\) \['caption'\]"):
+    with pytest.raises(ValueError, match=r"no 'caption' column: .* it has \['path', 'jpg'\]"):
         read_captioned_images(tmp_path / "bad.parquet", ClipPreprocess(16))
 
 
@@ -75,7 +76,7 @@ def test_image_folder(ray_session, tmp_path):
     (tmp_path / "dog" / "notes.txt").write_text("not an image")
     (tmp_path / "dog" / "9.png").write_bytes(b"broken png")
     data = read_image_folder(tmp_path, ClipPreprocess(16), shuffle_seed=0, batch_size=2)
-    assert data.classes == ["dog", "tabby_cat"]
+    assert isinstance(data, ReadResult) and data.classes == ["dog", "tabby_cat"]
     rows = data.dataset.take_all()
     assert len(rows) == 6 and rows[0]["image"].shape == (3, 16, 16)
     cat = next(r for r in rows if r["class_name"] == "tabby_cat")
@@ -146,3 +147,51 @@ def test_train_augment_new_draw_each_epoch_same_seed_same_run(ray_session, tmp_p
     for path in e0:
         np.testing.assert_array_equal(e0[path], again[path])
         assert not np.array_equal(e0[path], e1[path])
+
+
+def test_other_tools_layouts_open_through_the_source_registry(ray_session, tmp_path):
+    """img2dataset's parquet output and open_clip's tab-separated CSV load as they are, via open_source."""
+    pq.write_table(
+        pa.table(
+            {
+                "key": ["000000000", "000000001", "000000002"],
+                "url": ["https://example.com/0.jpg", "https://example.com/1.jpg", "https://example.com/2.jpg"],
+                "caption": ["zero", "one", "failed download"],
+                "jpg": [_encoded(0, "JPEG"), _encoded(1, "JPEG"), None],
+                "status": ["success", "success", "failed_to_download"],
+                "error_message": [None, None, "HTTP 404"],
+            }
+        ),
+        tmp_path / "00000.parquet",
+    )
+    i2d = open_source(str(tmp_path / "00000.parquet"), ClipPreprocess(16), batch_size=2)
+    rows = _by_path(i2d.dataset.take_all())
+    assert sorted(rows) == ["https://example.com/0.jpg", "https://example.com/1.jpg"]
+    assert rows["https://example.com/1.jpg"]["caption"] == "one" and "jpg" not in rows["https://example.com/1.jpg"]
+    report = i2d.report()
+    assert report.n_ok == 2 and [(s.path, s.reason.split(" (")[0]) for s in report.skipped] == [
+        ("https://example.com/2.jpg", "remote URL")
+    ]
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.fromarray(_image(30 * i)).save(tmp_path / "imgs" / f"{i}.png")
+    lines = ["filepath\ttitle\tsource"] + [f"imgs/{i}.png\ta picture, number {i}\tweb" for i in range(3)]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    oc = open_source(str(tmp_path / "train.csv"), ClipPreprocess(16))
+    rows = _by_path(oc.dataset.take_all())
+    assert sorted(r["caption"] for r in rows.values()) == [f"a picture, number {i}" for i in range(3)]
+    assert str(tmp_path / "imgs" / "0.png") in rows and oc.report().n_ok == 3 and oc.name == str(tmp_path / "train.csv")
+    # the same file with the roles named by hand (the auto-detection picked the same ones)
+    mapped = open_source(f"captions:{tmp_path / 'train.csv'}", ClipPreprocess(16), columns={"caption": "title"})
+    assert mapped.dataset.count() == 3
+
+
+def test_digits_source_is_a_read_result_with_classes_templates_and_a_complete_report(ray_session):
+    digits = open_source("digits", ClipPreprocess(16), split="heldout")
+    assert isinstance(digits, ReadResult) and digits.name == "digits:heldout"
+    assert digits.classes == [str(i) for i in range(10)] and digits.templates == ["a photo of the digit {}"]
+    n = digits.report().n_ok
+    assert n > 400 and digits.dataset.count() == n
+    row = digits.dataset.take(1)[0]
+    assert row["image"].shape == (3, 16, 16) and str(row["path"]).startswith("sklearn-digits:")

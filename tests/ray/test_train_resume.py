@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -27,8 +28,8 @@ DRIVER = textwrap.dedent("""
 COMMON = textwrap.dedent(f"""
     import numpy as np
     import ray
-    from raylens.train import ClipTrainConfig
-    from raylens.train.ray_clip import RayTrainOptions, fit_clip
+    from raylens.train import ClipTrainConfig, RayTrainOptions
+    from raylens.train.ray_clip import fit_clip
 
     CAPTIONS = [f"a {{c}} {{s}}" for c in ("red", "green", "blue", "pink") for s in ("star", "disc", "cube", "cone")]
 
@@ -80,6 +81,7 @@ def test_two_worker_run_resumes_after_its_driver_is_killed(ray_session, tmp_path
     )
     assert stopped_at < MAX_STEPS, "the run finished before it could be stopped: raise MAX_STEPS"
 
+    downloads = set(Path(tempfile.gettempdir()).glob("raylens-resume-*"))
     sys.path.insert(0, str(tmp_path))
     try:
         import tests_resume_common as common
@@ -87,6 +89,8 @@ def test_two_worker_run_resumes_after_its_driver_is_killed(ray_session, tmp_path
         result = common.fit(storage, name)
     finally:
         sys.path.remove(str(tmp_path))
+    # the checkpoint on local storage was resumed from in place: no copy made, none left behind
+    assert set(Path(tempfile.gettempdir()).glob("raylens-resume-*")) == downloads
     steps = [h["step"] for h in result.history]
     assert result.steps == MAX_STEPS and steps[-1] == MAX_STEPS
     # the history goes on from the checkpoint without repeating or restarting
@@ -118,10 +122,10 @@ def test_digits_zero_shot_eval_through_ray(ray_session, tmp_path):
         zeroshot_templates=[ZEROSHOT_TEMPLATE],
     )
     result = fit_clip(
-        read_digits(pre, "train"),
+        read_digits(pre, "train").dataset,
         cfg,
         RayTrainOptions(num_workers=2, storage_path=str(tmp_path), name="d"),
-        eval_ds=read_digits(pre, "heldout"),
+        eval_ds=read_digits(pre, "heldout").dataset,
     )
     last = result.history[-1]
     assert {"zeroshot_top1", "zeroshot_top5", "i2t_R@1", "t2i_R@10"} <= set(last)

@@ -34,15 +34,21 @@ def test_benchmarks_are_registered():
 
 
 def test_cli_help_teaches():
-    out = runner.invoke(app, ["--help"]).output
-    for cmd in ("demo", "search", "bench", "models"):
+    wide = {"COLUMNS": "200"}
+    out = runner.invoke(app, ["--help"], env=wide).output
+    for cmd in ("demo", "search", "bench", "models", "train", "serve"):
         assert cmd in out
-    demo = runner.invoke(app, ["demo", "--help"]).output
-    assert "--workdir" in demo and "search" in demo
-    search_demo = runner.invoke(app, ["demo", "search", "--help"]).output
+    assert "Start with `raylens demo`" in out
+    demo = runner.invoke(app, ["demo", "--help"], env=wide).output
+    assert "--workdir" in demo and "search" in demo and "[NAME]" in demo
+    search_demo = runner.invoke(app, ["demo", "search", "--help"], env=wide).output
     assert "--n-train" in search_demo and "precision@5" in search_demo
-    train = runner.invoke(app, ["train", "--help"]).output
-    assert "clip" in train
+    train = runner.invoke(app, ["train", "--help"], env=wide).output
+    assert "clip" in train and "KIND" in train and "--config FILE.yaml" in train
+    clip = runner.invoke(app, ["train", "clip", "--help"], env=wide).output
+    for text in ("raylens train clip digits --eval digits", "--steps", "--workers", "--gpu", "--storage", "--name"):
+        assert text in clip, text
+    assert "Training (ClipTrainConfig)" in clip and "Where it runs (Ray Train)" in clip and "--dry-run" in clip
     listing = runner.invoke(app, ["bench", "list"])
     assert listing.exit_code == 0 and "embed" in listing.output
     models = runner.invoke(app, ["models", "clip-*"])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raylens.data.captions import caption_columns, read_captions
+from raylens.data.captions import inspect_captions, read_captions
 from raylens.data.decode import decode_captioned_batch
 from raylens.data.images import ClipPreprocess
 
@@ -16,16 +16,16 @@ def test_csv_and_jsonl_resolve_relative_paths(tmp_path):
     assert [r["caption"] for r in read_captions(tmp_path / "c.csv", split="heldout")] == ["a dog"]
     (tmp_path / "c.jsonl").write_text('{"path": "x.png", "caption": "7", "label": 7}\n\n')
     assert read_captions(tmp_path / "c.jsonl")[0]["label"] == "7"
-    assert caption_columns(tmp_path / "c.csv") == ["path", "caption", "split"]
+    assert inspect_captions(tmp_path / "c.csv").columns == ["path", "caption", "split"]
 
 
 @pytest.mark.parametrize(
     "name,text,match",
     [
-        ("c.csv", "path,text\na.png,hi\n", r"lacks column\(s\) \['caption'\]"),
+        ("c.csv", "path,words\na.png,hi\n", r"no 'caption' column: none of .* it has \['path', 'words'\]"),
         ("c.csv", "path,caption\n", "no rows"),
         ("c.jsonl", "{not json}\n", "not valid JSON"),
-        ("c.txt", "whatever", "must end in .csv or .jsonl"),
+        ("c.txt", "whatever", "must end in .csv, .tsv or .jsonl"),
     ],
 )
 def test_bad_captions_files(tmp_path, name, text, match):

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 
+from raylens.models import create_model
 from raylens_domains.medical import (
     BASIC_PROFILE,
     DeidConfig,
@@ -23,7 +24,6 @@ from raylens_domains.medical import (
     FusionPredictor,
     PhantomConfig,
     Pseudonymizer,
-    create_fusion_model,
     fusion_inputs,
     generate_phantoms,
     ingest_series,
@@ -68,6 +68,25 @@ def test_pseudonyms_are_keyed_consistent_and_valid():
     assert a.patient_id("MRN1") == a.patient_id("MRN1") != a.patient_id("MRN2")
     assert "key" not in repr(a).lower().replace("key=<hidden>", "")
     assert pickle.loads(pickle.dumps(a)).uid("9") == a.uid("9")
+
+
+def test_patient_pseudonym_falls_back_in_a_fixed_order():
+    """PatientID, else PatientName, else the study: never one shared pseudonym for anonymous studies."""
+    p = Pseudonymizer(KEY)
+    ds = pydicom.Dataset()
+    ds.PatientID, ds.PatientName, ds.StudyInstanceUID = "MRN1", "Doe^Jane", "1.2.3"
+    assert p.patient_of(ds) == p.patient_id("MRN1")
+    ds.PatientID = ""
+    by_name = p.patient_of(ds)
+    assert by_name.startswith("PAT-") and by_name != p.patient_id("Doe^Jane")
+    del ds.PatientName
+    by_study = p.patient_of(ds)
+    assert by_study not in (by_name, "PAT-UNKNOWN")
+    del ds.StudyInstanceUID
+    assert p.patient_of(ds) == "PAT-UNKNOWN"
+    q = pickle.loads(pickle.dumps(Pseudonymizer(KEY, allow_burned_in_annotation=True)))
+    assert q.allow_burned_in_annotation and q.uid("9") == p.uid("9")
+    assert DeidConfig(key=KEY, allow_burned_in_annotation=True).pseudonymizer().allow_burned_in_annotation
 
 
 def test_key_is_required_and_checked(monkeypatch):
@@ -164,7 +183,7 @@ def test_no_phi_value_appears_anywhere_in_the_outputs(phantom, tmp_path, caplog)
     paired, _ = pair_rows(rows)
     inputs = [fusion_inputs(p) for p in paired]
     arrays = {k: np.stack([i[k] for i in inputs]) for k in ("ct", "mr_aligned", "mr", "present")}
-    model = create_fusion_model("mid")
+    model = create_model("mid")
     idx = build_case_index(model, arrays, [dict(p, label=p["label"]) for p in paired], checkpoint_hash="test")
     idx.save(out / "index")
     # the in-memory upload path used by the Serve app

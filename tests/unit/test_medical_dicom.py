@@ -25,7 +25,7 @@ from raylens_domains.medical import (
 )
 from raylens_domains.medical.dicom_scan import group_series, read_headers
 from raylens_domains.medical.errors import NotDicomError
-from raylens_domains.medical.geometry import affine
+from raylens_domains.medical.geometry import VolumeGeometry
 from raylens_domains.medical.phantom import render_phantom
 from raylens_domains.medical.volume import apply_rescale, check_decoder
 
@@ -56,14 +56,14 @@ def phantom(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ingested(phantom):
-    cfg = DicomIngestConfig(deid=DeidConfig(key=KEY), labels=phantom.labels())
+    cfg = DicomIngestConfig(deid=DeidConfig(key=KEY, report_paths=True), labels=phantom.labels())
     return ingest_series(phantom.root, cfg)
 
 
 def _patient_points(row):
     d, h, w = row["volume"].shape
     idx = np.indices((d, h, w)).reshape(3, -1).astype(float)
-    a = affine(row["spacing"], row["origin"], row["direction"])
+    a = VolumeGeometry.of(row["geometry"]).affine
     return (a[:3, :3] @ idx + a[:3, 3:4]).T.reshape(d, h, w, 3)
 
 
@@ -96,7 +96,7 @@ def test_volumes_match_the_phantom_geometry(phantom, ingested):
         assert np.median(np.abs(row["volume"] - flipped)) > err
         assert row["label"] == p.label
         kinds.add((row["modality"], row["transfer_syntax"]))
-        d = np.asarray(row["direction"]).reshape(3, 3)
+        d = VolumeGeometry.of(row["geometry"]).direction_matrix
         assert np.allclose(d.T @ d, np.eye(3), atol=1e-5)
     assert ("CT", "1.2.840.10008.1.2.5") in kinds or ("MR", "1.2.840.10008.1.2.5") in kinds  # RLE read
 
@@ -118,7 +118,8 @@ def test_multiframe_series_is_one_file(phantom, ingested):
     assert int(ds.NumberOfFrames) == SMALL["mr_slices"]
     mr_rows = [r for r in rows if r["modality"] == "MR" and r["patient_id"] == PSEUDO.patient_id(mf[0].patient_id)]
     assert mr_rows[0]["volume"].shape == (SMALL["mr_slices"], 16, 16)
-    assert mr_rows[0]["spacing"][0] == pytest.approx(SMALL["mr_slice_mm"], rel=1e-3)
+    assert mr_rows[0]["geometry"]["spacing"][0] == pytest.approx(SMALL["mr_slice_mm"], rel=1e-3)
+    assert mr_rows[0]["geometry"]["shape"] == list(mr_rows[0]["volume"].shape)
 
 
 def test_sorting_ignores_instance_number(phantom):
@@ -126,9 +127,9 @@ def test_sorting_ignores_instance_number(phantom):
     hs = [h for f in sorted(Path(p.folders["CT"]).iterdir()) for h in read_header(f, PSEUDO)]
     inst = [h.instance_number for h in hs]
     vol = load_series(hs)
-    order = np.argsort([np.dot(h.position, vol.direction.reshape(3, 3)[:, 0]) for h in hs])
+    order = np.argsort([np.dot(h.position, vol.geometry.direction_matrix[:, 0]) for h in hs])
     assert [inst[i] for i in order] != sorted(inst)  # instance numbers are scrambled...
-    assert np.allclose(vol.origin, hs[order[0]].position)  # ...and the volume starts at the lowest slice
+    assert np.allclose(vol.geometry.origin, hs[order[0]].position)  # ...and the volume starts at the lowest slice
 
 
 def test_headers_are_pseudonymised(phantom):
@@ -150,7 +151,7 @@ def test_modality_lut_matches_pydicom_on_ct_small():
     assert vol.volume.shape == (1, 128, 128)
     assert np.allclose(vol.volume[0], apply_modality_lut(ds.pixel_array, ds))
     assert np.allclose(apply_rescale(np.array([0, 1024]), 1.0, -1024.0), [-1024, 0])
-    assert np.allclose(vol.spacing, [5.0, 0.661468, 0.661468])
+    assert np.allclose(vol.geometry.spacing, [5.0, 0.661468, 0.661468])
 
 
 def test_rle_and_uncompressed_bundled_files_decode_the_same():
@@ -165,7 +166,7 @@ def test_bundled_multiframe_rtdose_uses_grid_frame_offsets():
     assert len(hs) == 15 and [h.frame for h in hs] == list(range(15))
     vol = load_series(hs)
     assert vol.volume.shape == (15, 10, 10)
-    assert np.allclose(vol.spacing, [5.0, 10.0, 10.0])
+    assert np.allclose(vol.geometry.spacing, [5.0, 10.0, 10.0])
     raw = pydicom.dcmread(get_testdata_file("rtdose.dcm")).pixel_array
     assert np.allclose(vol.volume, raw * float(pydicom.dcmread(get_testdata_file("rtdose.dcm")).DoseGridScaling))
 

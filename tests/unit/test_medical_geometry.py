@@ -8,6 +8,7 @@ import pytest
 from raylens_domains.medical.errors import MissingSlicesError, MixedSeriesError, SeriesGeometryError
 from raylens_domains.medical.geometry import (
     GeometryTolerance,
+    VolumeGeometry,
     affine,
     affine_lps_to_ras,
     geometry_from_affine,
@@ -115,3 +116,43 @@ def test_resample_to_grid_identity_and_shift():
     shifted = affine([2, 1, 1], [2, 0, 0], np.eye(3).reshape(9))  # one slice further along axis 0
     out = resample_to_grid(vol, a, shifted, (5, 7, 8))
     assert np.allclose(out, vol[1:], atol=1e-5)
+
+
+def test_volume_geometry_is_one_value_with_an_affine_and_an_arrow_friendly_row_form():
+    import json
+
+    import pyarrow as pa
+
+    d = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], float)  # columns: axis 0 along z, axis 2 along x
+    g = VolumeGeometry(spacing=np.array([2.5, 1.0, 0.5]), origin=[-10, 5, 3], direction=d.reshape(9), shape=(4, 6, 8))
+    a = g.affine
+    assert np.allclose(a @ [1, 0, 0, 1], [-10, 5, 5.5, 1]) and np.allclose(a @ [0, 0, 2, 1], [-9, 5, 3, 1])
+    assert VolumeGeometry.from_affine(a, g.shape) == g and g.with_shape((1, 1, 1)).shape == (1, 1, 1)
+    row = g.to_dict()
+    assert json.loads(json.dumps(row)) == row  # plain numbers
+    struct = pa.array([row, row])  # one Arrow struct column, as Ray Data and parquet store it
+    assert pa.types.is_struct(struct.type) and VolumeGeometry.of(struct.to_pylist()[1]) == g
+    assert VolumeGeometry.of(g) is g
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(spacing=(1, 0, 1)), "spacing must be positive"),
+        (dict(origin=(0, np.nan, 0)), "origin needs 3 finite numbers"),
+        (dict(direction=np.eye(2)), "direction needs 9 finite numbers"),
+        (dict(shape=(4, 4)), "shape needs 3 positive ints"),
+        (dict(shape=(4, 4, 0.5)), "shape needs 3 positive ints"),
+    ],
+)
+def test_volume_geometry_validation_names_the_field(kwargs, match):
+    base = dict(spacing=(1, 1, 1), origin=(0, 0, 0), direction=np.eye(3).reshape(9), shape=(4, 4, 4))
+    with pytest.raises(ValueError, match=match):
+        VolumeGeometry(**{**base, **kwargs})
+
+
+def test_volume_geometry_of_refuses_loose_values():
+    with pytest.raises(TypeError, match="rows carry it in their 'geometry' column"):
+        VolumeGeometry.of(np.eye(4))
+    with pytest.raises(ValueError, match=r"lacks \['shape'\]"):
+        VolumeGeometry.of({"spacing": [1, 1, 1], "origin": [0, 0, 0], "direction": list(np.eye(3).ravel())})

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from raylens.data.captions import caption_columns, parquet_files, read_captions
+from raylens.data.captions import inspect_captions, parquet_files, read_captions
 from raylens.data.decode import decode_captioned_batch
 from raylens.data.images import ClipPreprocess
 
@@ -28,17 +28,20 @@ def _write(file, /, **columns):
 def test_parquet_columns_from_file_and_folder(tmp_path):
     f = _write(tmp_path / "d/part-0.parquet", path=["a.png"], caption=["a cat"], image_bytes=[_png_bytes()])
     _write(tmp_path / "d/sub/part-1.parquet", path=["b.png"], caption=["a dog"], image_bytes=[None])
-    assert caption_columns(f) == ["path", "caption", "image_bytes"]
-    assert caption_columns(tmp_path / "d") == ["path", "caption", "image_bytes"]
+    assert inspect_captions(f).columns == ["path", "caption", "image_bytes"]
+    assert inspect_captions(tmp_path / "d").roles == {
+        "path": "path",
+        "caption": "caption",
+        "image_bytes": "image_bytes",
+    }
     assert [p.name for p in parquet_files(tmp_path / "d")] == ["part-0.parquet", "part-1.parquet"]
 
 
 @pytest.mark.parametrize(
     "columns,match",
     [
-        ({"path": ["a"], "text": ["x"]}, r"lacks column\(s\) \['caption'\]; it has \['path', 'text'\]"),
-        ({"jpg": [b"x"], "caption": ["x"]}, r"lacks column\(s\) \['path'\].*rename 'jpg' to 'image_bytes'"),
-        ({"image_bytes": [b"x"], "caption": ["x"]}, r"'path' still names each row in reports: add a 'path' column"),
+        ({"path": ["a"], "words": ["x"]}, r"no 'caption' column: .* it has \['path', 'words'\]"),
+        ({"jpg": [b"x"], "caption": ["x"]}, r"no 'path' column \(with embedded images the path only names each row"),
         ({"path": ["a"], "caption": ["x"], "image_bytes": ["text"]}, "'image_bytes' must be binary"),
         ({"path": pa.array([], pa.string()), "caption": pa.array([], pa.string())}, "has no rows"),
     ],
@@ -46,19 +49,19 @@ def test_parquet_columns_from_file_and_folder(tmp_path):
 def test_bad_parquet_is_a_clear_error(tmp_path, columns, match):
     f = _write(tmp_path / "c.parquet", **columns)
     with pytest.raises(ValueError, match=match):
-        caption_columns(f)
+        inspect_captions(f)
 
 
 def test_not_parquet_or_missing(tmp_path):
     (tmp_path / "c.parquet").write_bytes(b"PAR1 garbage")
     with pytest.raises(ValueError, match="not a readable parquet file"):
-        caption_columns(tmp_path / "c.parquet")
+        inspect_captions(tmp_path / "c.parquet")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no .parquet files"):
-        caption_columns(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match=r"pass a .csv, .jsonl or .parquet file"):
-        caption_columns(tmp_path / "nope.parquet")
-    with pytest.raises(ValueError, match=r"must end in .csv or .jsonl"):  # the list reader stays text-only
+        inspect_captions(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match=r"pass a .csv, .tsv, .jsonl or .parquet file"):
+        inspect_captions(tmp_path / "nope.parquet")
+    with pytest.raises(ValueError, match=r"must end in .csv, .tsv or .jsonl"):  # the list reader stays text-only
         read_captions(tmp_path / "c.parquet")
 
 

@@ -20,3 +20,17 @@ def test_unknown_name_lists_close_matches():
     reg.register("resnet18")(lambda: 1)
     with pytest.raises(KeyError, match="Did you mean: resnet18"):
         reg.get("resnet81")
+
+
+def test_metadata_filters_and_unregister():
+    reg = Registry("thing")
+    reg.register("a", doc="first", colour="red")(lambda: 1)
+    reg.register("b", colour="blue", size=2)(lambda: 2)
+    assert reg.meta("b") == {"colour": "blue", "size": 2}
+    assert reg.names(colour="red") == ["a"] and reg.names(size=2) == ["b"] and reg.names(size=3) == []
+    reg.meta("a")["colour"] = "green"  # a copy: the registry keeps its own
+    assert reg.names(colour="red") == ["a"]
+    reg.unregister("a")
+    assert "a" not in reg and reg.names() == ["b"]
+    with pytest.raises(KeyError, match="Did you mean: b"):
+        reg.meta("bb")

@@ -75,7 +75,16 @@ def test_parse_text_image_and_embedding_queries():
         ({"embedding": [1.0, "x"]}, 422, "bad_embedding"),
         ({"embedding": [float("inf")]}, 422, "bad_embedding"),
         ({"image_b64": "!!!"}, 400, "bad_base64"),
-        ({"image_b64": base64.b64encode(b"not an image").decode()}, 400, "bad_image"),
+        ({"image_b64": base64.b64encode(b"not an image").decode()}, 415, "unsupported_image_type"),
+        ({"image_b64": base64.b64encode(b"\x89PNG\r\n\x1a\n truncated").decode()}, 400, "bad_image"),
+        ({"text": None, "embedding": [1.0]}, 422, "one_query"),
+        ({"embedding": None}, 422, "one_query"),
+        ({"embedding": [2e6, 1.0]}, 422, "bad_embedding"),
+        ({"embedding": [1e-7, 0.0]}, 422, "bad_embedding"),
+        ({"text": "a\ud800"}, 400, "bad_text"),
+        ({"text": "\u3000\x1c"}, 400, "empty_text"),
+        ({"text": "a", "filters": {"c": 2**64}}, 422, "bad_filters"),
+        ({"text": "a", "filters": {"c": "x" * 257}}, 422, "bad_filters"),
         ({"image_b64": 7}, 400, "bad_base64"),
     ],
 )
@@ -202,22 +211,63 @@ def test_clip_zero_shot_classifier(tmp_path):
     assert abs(out[0]["probabilities"]["circle"] + out[0]["probabilities"]["square"] - 1) < 1e-5
 
 
-def test_bad_input_is_returned_by_deployments_and_raised_by_the_caller():
-    import asyncio
+def test_search_requests_become_the_cores_queries():
+    """HTTP parsing yields raylens.search.SearchQuery: the object the one search core runs, as in the SDK."""
+    from raylens.search import SearchQuery
 
-    from raylens.serve.http import raise_returned, returns_bad_input
-    from raylens.serve.limits import ServeError
+    q = parse_search({"embedding": [0.5, 0.5], "k": 20, "filters": {"shape": {"in": ["a"]}}}, LIMITS)
+    assert isinstance(q, SearchQuery) and q.kind == "embedding" and q.k == 20 and q.filters == {"shape": {"in": ["a"]}}
+    q = parse_search_form({"k": "2", "index": "natural"}, _png(), LIMITS)
+    assert isinstance(q, SearchQuery) and (q.kind, q.k, q.index, q.text) == ("image", 2, "natural", None)
+    assert q.image.shape == (16, 16, 3)
 
-    @returns_bad_input
-    async def search(name):
-        if name == "bug":
-            raise RuntimeError("a real bug")  # not bad input: still raised, logged and a 500
-        raise ServeError(404, "unknown_index", f"no index named {name!r}")
 
-    got = asyncio.run(search("nope"))
-    assert isinstance(got, ServeError) and got.status_code == 404
-    with pytest.raises(ServeError, match="no index named"):
-        raise_returned(got)
-    assert raise_returned({"hits": []}) == {"hits": []}
-    with pytest.raises(RuntimeError):
-        asyncio.run(search("bug"))
+def test_errors_from_anywhere_answer_one_json_shape():
+    """Endpoints raise or catch any error; the client always gets {"error": {status, code, message}}."""
+    import pickle
+
+    from fastapi.testclient import TestClient
+
+    from raylens.errors import IndexMismatchError, NoIndexError, RaylensError, UnknownIndexError
+    from raylens.serve.http import install_error_handlers, json_error
+
+    api = install_error_handlers(FastAPI())
+    raised = {
+        "unknown": UnknownIndexError("no index named 'x'; open ones: ['natural']"),
+        "mismatch": IndexMismatchError("index 'x' was built with model 'clip-small'"),
+        "no-index": NoIndexError("no index is open"),
+        "fault": RaylensError("/secret/path is corrupt"),
+        "serve": ServeError(413, "body_too_large", "too big"),
+    }
+
+    @api.get("/raise/{name}")
+    async def raise_it(name: str):
+        raise pickle.loads(pickle.dumps(raised[name]))  # as it arrives from another deployment
+
+    @api.get("/caught")
+    async def caught():
+        try:
+            raise ValueError("`filters` names unknown metadata column 'c'")
+        except Exception as exc:
+            return json_error(exc)
+
+    c = TestClient(api, raise_server_exceptions=False)
+    expect = {
+        "unknown": (404, "unknown_index"),
+        "mismatch": (409, "index_mismatch"),
+        "no-index": (503, "no_index"),
+        "fault": (500, "internal_error"),
+        "serve": (413, "body_too_large"),
+    }
+    for name, (status, code) in expect.items():
+        r = c.get(f"/raise/{name}")
+        assert r.status_code == status and r.json()["error"]["code"] == code, (name, r.text)
+    assert "secret" not in c.get("/raise/fault").text  # a 500 carries no details
+    assert "internal error" == c.get("/raise/fault").json()["error"]["message"]
+    assert c.get("/raise/unknown").json()["error"]["message"] == "no index named 'x'; open ones: ['natural']"
+    r = c.get("/caught")
+    assert r.status_code == 422 and r.json()["error"] == {
+        "status": 422,
+        "code": "invalid_input",
+        "message": "`filters` names unknown metadata column 'c'",
+    }

@@ -31,6 +31,10 @@ def test_two_steps_report_and_checkpoint(tmp_path):
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "train_state.pt").is_file()
     saved = json.loads((ckpt / "config.json").read_text())
     assert saved["train"]["max_steps"] == 2 and saved["model"]["name"] == "clip-tiny" and saved["step"] == 2
+    assert saved["format"] == "raylens.checkpoint/1" and saved["kind"] == "clip" and saved["epoch"] == 0
+    from raylens.models import load_model
+
+    assert load_model(ckpt).spec.name == "clip-tiny"  # a training checkpoint is a model checkpoint
 
 
 def test_loss_goes_down_on_a_learnable_task(tmp_path):
@@ -65,7 +69,7 @@ def test_schedule_and_groups():
     [
         (dict(batch_size=1), "batch_size"),
         (dict(lr=2.0), "lr"),
-        (dict(warmup_steps=500), "warmup_steps"),
+        (dict(max_steps=400, warmup_steps=500), "warmup_steps"),
         (dict(max_steps=0), "max_steps"),
     ],
 )

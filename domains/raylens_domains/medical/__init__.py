@@ -7,7 +7,7 @@ imported explicitly so that this package never imports ray.
 Flow: :func:`generate_phantoms` (or your folders) -> :func:`ingest_series` / ``ray_reader.read_dicom``
 (headers first, grouped by SeriesInstanceUID, sorted along the slice normal, modality LUT, affine,
 PS3.15 de-identification) -> :func:`pair_rows` (CT + MR of a study, MR resampled onto the CT grid)
--> :func:`fusion_inputs` (MONAI: RAS, spacing, CT window / MR z-score, fixed shape) ->
+-> :func:`fusion_inputs` (MONAI, once per volume: RAS, spacing, CT window / MR z-score, fixed shape) ->
 :func:`train_fusion` (early / mid / late fusion) -> :class:`FusionPredictor` and
 :func:`build_case_index` (similar-case retrieval over the model's case embeddings).
 """
@@ -32,9 +32,8 @@ from .fusion import EncoderConfig as EncoderConfig
 from .fusion import LateFusionNet as LateFusionNet
 from .fusion import MidFusionNet as MidFusionNet
 from .fusion import SingleModalityNet as SingleModalityNet
-from .fusion import create_fusion_model as create_fusion_model
-from .fusion import list_fusion_models as list_fusion_models
 from .geometry import GeometryTolerance as GeometryTolerance
+from .geometry import VolumeGeometry as VolumeGeometry
 from .geometry import affine as affine
 from .geometry import resample_to_grid as resample_to_grid
 from .geometry import sort_slices as sort_slices
@@ -84,9 +83,8 @@ __all__ = [
     "LateFusionNet",
     "MidFusionNet",
     "SingleModalityNet",
-    "create_fusion_model",
-    "list_fusion_models",
     "GeometryTolerance",
+    "VolumeGeometry",
     "affine",
     "resample_to_grid",
     "sort_slices",

@@ -372,6 +372,7 @@ def _headers_of(ds, path: str, pseudo: Pseudonymizer, labels, label_key: str) ->
     series = str(_fast(ds, "SeriesInstanceUID", "") or "")
     if not series:
         raise DicomError("malformed DICOM header (no SeriesInstanceUID)")
+    pseudo.check_burned_in(ds)  # BurnedInAnnotation=YES: PHI in the pixels, refused unless allowed
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     label = None
     if labels is not None:
@@ -381,7 +382,7 @@ def _headers_of(ds, path: str, pseudo: Pseudonymizer, labels, label_key: str) ->
     ident = dict(
         series_uid=pseudo.uid(series),
         study_uid=pseudo.uid(str(_fast(ds, "StudyInstanceUID", "") or "")),
-        patient_id=pseudo.patient_id(str(ds.get("PatientID", "") or "")),  # LO: pydicom decodes the charset
+        patient_id=pseudo.patient_of(ds),  # the de-identifier's pseudonym, also when PatientID is empty
         frame_of_reference_uid=pseudo.uid(str(_fast(ds, "FrameOfReferenceUID", "") or "")),
     )
     try:

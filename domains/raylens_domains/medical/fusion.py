@@ -22,7 +22,9 @@ Mid and late fusion predict from whichever modalities are present (the ``present
 them with modality dropout (:class:`~raylens_domains.medical.train.FusionTrainConfig`). Every model
 has ``embed(inputs)`` returning the pooled feature vector used for similar-case retrieval.
 
-Models come from a timm-style registry: ``create_fusion_model("mid", fuse="attention")``.
+The models are registered as kind ``fusion`` in the one model registry (:mod:`raylens.models`), so
+``create_model("mid", fuse="attention")``, ``list_models(kind="fusion")``, ``save_model`` and
+``load_model`` serve them like every other model.
 """
 
 from __future__ import annotations
@@ -32,13 +34,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from raylens.registry import Registry
+from raylens.models import ModelRecord, register_model
 
 __all__ = [
     "EncoderConfig",
-    "FUSION_MODELS",
-    "create_fusion_model",
-    "list_fusion_models",
     "StagedEncoder",
     "EarlyFusionNet",
     "MidFusionNet",
@@ -47,7 +46,6 @@ __all__ = [
     "FUSE_STAGES",
 ]
 
-FUSION_MODELS = Registry("fusion model")
 FUSE_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "pool")
 """Where mid fusion may join the modality branches: after this stage the trunk is shared."""
 
@@ -155,6 +153,20 @@ class _FusionBase(nn.Module):
 
     def config_dict(self) -> dict:
         return dict(self._config)
+
+    @property
+    def raylens_record(self) -> ModelRecord:
+        """Kind ``fusion``, the registry name and the resolved arguments (see ``raylens.models.save_model``)."""
+        cfg = dict(self._config)
+        return ModelRecord("fusion", cfg.pop("name"), cfg)
+
+    def example_input(self, n: int = 2, size: int = 16) -> dict[str, torch.Tensor]:
+        """A tiny batch (``n`` cases of ``size``^3 volumes, the second without MR) for ``model(x)``."""
+        gen = torch.Generator().manual_seed(0)
+        vol = {k: torch.rand(n, size, size, size, generator=gen) for k in ("ct", "mr_aligned", "mr")}
+        present = torch.ones(n, 2)
+        present[1:, 1] = 0
+        return {**vol, "present": present}
 
     @torch.no_grad()
     def predict_proba(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -332,45 +344,31 @@ def _encoder(encoder: EncoderConfig | dict | None) -> EncoderConfig:
     return encoder
 
 
-@FUSION_MODELS.register("early")
+@register_model("early", kind="fusion")
 def early(encoder=None) -> EarlyFusionNet:
     """Early fusion: CT + aligned MR as 2 channels of one 3D ResNet."""
     return EarlyFusionNet(_encoder(encoder))
 
 
-@FUSION_MODELS.register("mid")
+@register_model("mid", kind="fusion")
 def mid(encoder=None, fuse_stage: str = "layer3", fuse: str = "attention", aligned: bool = False) -> MidFusionNet:
     """Mid fusion: per-modality encoders, features fused at ``fuse_stage`` (concat or attention)."""
     return MidFusionNet(_encoder(encoder), fuse_stage=fuse_stage, fuse=fuse, aligned=aligned)
 
 
-@FUSION_MODELS.register("late")
+@register_model("late", kind="fusion")
 def late(encoder=None, combine: str = "logit") -> LateFusionNet:
     """Late fusion: per-modality classifiers, outputs combined (mean, learned weights, or learned log-odds)."""
     return LateFusionNet(_encoder(encoder), combine=combine)
 
 
-@FUSION_MODELS.register("ct_only")
+@register_model("ct_only", kind="fusion")
 def ct_only(encoder=None) -> SingleModalityNet:
     """Baseline: CT alone."""
     return SingleModalityNet("ct", _encoder(encoder))
 
 
-@FUSION_MODELS.register("mr_only")
+@register_model("mr_only", kind="fusion")
 def mr_only(encoder=None) -> SingleModalityNet:
     """Baseline: MR alone."""
     return SingleModalityNet("mr", _encoder(encoder))
-
-
-def create_fusion_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model by name (``early``, ``mid``, ``late``, ``ct_only``, ``mr_only``).
-
-    >>> m = create_fusion_model("mid", fuse="concat", fuse_stage="layer2")
-    >>> m.config_dict()["fuse"]
-    'concat'
-    """
-    return FUSION_MODELS.create(name, **kwargs)
-
-
-def list_fusion_models(pattern: str = "*") -> list[str]:
-    return FUSION_MODELS.names(pattern)

@@ -12,6 +12,8 @@ Conventions (used by every module of this pack):
   slice after sorting.
 
 So ``patient = origin + direction @ (spacing * index)``, which :func:`affine` packs into a 4x4.
+:class:`VolumeGeometry` holds the four (spacing, origin, direction, shape) as one value; rows
+carry it in one column, ``geometry``, as :meth:`VolumeGeometry.to_dict` (an Arrow struct).
 
 Slices are sorted by projecting ImagePositionPatient on the slice normal (the cross product of the
 two ImageOrientationPatient cosines), never by InstanceNumber, and the slice spacing comes from that
@@ -27,13 +29,16 @@ projection, never from the z coordinate alone: both are right for axial, sagitta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from .errors import MissingSlicesError, MixedSeriesError, SeriesGeometryError
 
 __all__ = [
+    "VolumeGeometry",
     "GeometryTolerance",
     "SliceOrder",
     "slice_normal",
@@ -45,6 +50,102 @@ __all__ = [
 ]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _floats(name: str, value: Any, n: int) -> tuple[float, ...]:
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} needs {n} finite numbers, got {np.asarray(value).tolist()!r}")
+    return tuple(float(x) for x in arr)
+
+
+@dataclass(frozen=True)
+class VolumeGeometry:
+    """Where a ``(D, H, W)`` volume sits in patient space (LPS mm, the module conventions).
+
+    One value instead of loose ``spacing``/``origin``/``direction`` columns. A row stores it as
+    :meth:`to_dict` (plain lists: an Arrow struct column that Ray Data, parquet and JSON all keep);
+    :meth:`of` reads it back from a row's value. Why not MONAI's ``MetaTensor``: rows must be Arrow
+    values (a tensor subclass would be pickled), readers and pairing stay free of torch, and the
+    geometry stays in DICOM's LPS; :func:`affine_lps_to_ras` converts where MONAI needs it.
+
+    >>> g = VolumeGeometry(spacing=(2.0, 1.0, 1.0), origin=(0, 0, 10), direction=np.eye(3), shape=(4, 8, 8))
+    >>> g.affine[:3, 3].tolist(), VolumeGeometry.of(g.to_dict()) == g
+    ([0.0, 0.0, 10.0], True)
+    """
+
+    spacing: tuple[float, float, float]
+    """Voxel size in mm along array axes 0, 1, 2 (slice step, row spacing, column spacing)."""
+    origin: tuple[float, float, float]
+    """LPS position in mm of voxel ``(0, 0, 0)``."""
+    direction: tuple[float, ...]
+    """3x3 row-major (9 numbers); its columns are the unit vectors of the array axes in LPS."""
+    shape: tuple[int, int, int]
+    """The volume's ``(D, H, W)``: the grid this geometry describes."""
+
+    def __post_init__(self):
+        spacing = _floats("spacing", self.spacing, 3)
+        if min(spacing) <= 0:
+            raise ValueError(f"spacing must be positive mm, got {spacing}")
+        shape = np.asarray(self.shape).reshape(-1)
+        if shape.shape != (3,) or not np.all(shape == np.round(shape)) or shape.min() < 1:
+            raise ValueError(
+                f"shape needs 3 positive ints (the volume's D, H, W), got {np.asarray(self.shape).tolist()}"
+            )
+        object.__setattr__(self, "spacing", spacing)
+        object.__setattr__(self, "origin", _floats("origin", self.origin, 3))
+        object.__setattr__(self, "direction", _floats("direction", self.direction, 9))
+        object.__setattr__(self, "shape", tuple(int(x) for x in shape))
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 voxel index -> LPS mm (see :func:`affine`)."""
+        return affine(self.spacing, self.origin, self.direction)
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        """``direction`` as a 3x3 array (columns: the array axes)."""
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    @classmethod
+    def from_affine(cls, a: np.ndarray, shape) -> VolumeGeometry:
+        """The geometry of an LPS affine (the inverse of :attr:`affine`) on a grid of ``shape``."""
+        spacing, origin, direction = geometry_from_affine(a)
+        return cls(spacing, origin, direction, shape)
+
+    def with_shape(self, shape) -> VolumeGeometry:
+        """The same placement on a grid of another ``shape``."""
+        return replace(self, shape=tuple(int(s) for s in shape))
+
+    def to_dict(self) -> dict[str, list]:
+        """The row form: ``{"spacing": [3], "origin": [3], "direction": [9], "shape": [3]}`` of plain numbers."""
+        return {
+            "spacing": list(self.spacing),
+            "origin": list(self.origin),
+            "direction": list(self.direction),
+            "shape": list(self.shape),
+        }
+
+    @classmethod
+    def of(cls, value: VolumeGeometry | Mapping[str, Any]) -> VolumeGeometry:
+        """A geometry from a row's ``geometry`` value (the dict :meth:`to_dict` gives, as Ray Data
+        and parquet return it) or a ``VolumeGeometry``.
+
+        Raises:
+            TypeError: ``value`` is neither.
+            ValueError: a key is missing or a value is malformed.
+        """
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(
+                f"a geometry value is a VolumeGeometry or its to_dict() mapping, got {type(value).__name__}; "
+                "rows carry it in their 'geometry' column"
+            )
+        missing = [k for k in ("spacing", "origin", "direction", "shape") if k not in value]
+        if missing:
+            raise ValueError(f"geometry mapping lacks {missing}; it has {sorted(value)} (see VolumeGeometry.to_dict)")
+        return cls(value["spacing"], value["origin"], value["direction"], value["shape"])
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,9 @@ class DicomIngestConfig:
             raise TypeError("labels must be a mapping from the original id to an int label")
 
 
-def series_skip_path(headers: list[SliceHeader]) -> str:
+def series_skip_path(headers: list[SliceHeader], deid: DeidConfig | None = None) -> str:
     """The path reported for a skipped series: its folder (or file) plus the slice count."""
-    folders = sorted({os.path.dirname(h.path) for h in headers})
+    folders = sorted({deid.report_path(d) if deid else d for d in {os.path.dirname(h.path) for h in headers}})
     where = folders[0] if len(folders) == 1 else f"{folders[0]} (+{len(folders) - 1} folders)"
     return f"{where} [series {headers[0].series_uid}, {len(headers)} slices]"
 
@@ -103,17 +103,19 @@ def ingest_series(
     """Read DICOM folders/files/DICOMDIRs in this process: ``(series rows, report)``."""
     config = config or DicomIngestConfig()
     files = list_dicom_files(paths)
-    report = IngestReport(source=str(paths) if isinstance(paths, (str, os.PathLike)) else "dicom files")
+    report = IngestReport(
+        source=config.deid.report_path(paths) if isinstance(paths, (str, os.PathLike)) else "dicom files"
+    )
     headers, skipped = read_headers(
         files, config.deid.pseudonymizer(), labels=config.labels, label_key=config.label_key
     )
-    report.skipped.extend(SkippedRow(p, r) for p, r in skipped)
+    report.skipped.extend(SkippedRow(config.deid.report_path(p), r) for p, r in skipped)
     rows = []
     for hs in group_series(headers).values():
         try:
             rows.append(load_series_row(hs, config))
         except DicomError as e:
-            report.skipped.append(SkippedRow(series_skip_path(hs), str(e)))
+            report.skipped.append(SkippedRow(series_skip_path(hs, config.deid), str(e)))
     report.n_ok = len(rows)
     log.info(report.summary())
     return rows, report

@@ -5,15 +5,17 @@ LPS patient space when they share a FrameOfReferenceUID), so early fusion sees a
 MR volume on its own grid is kept too (``mr_native_*``) for mid and late fusion, which need no
 alignment. A study with only one modality still gives a row; the missing side is an empty
 ``(1, 1, 1)`` volume with ``has_ct``/``has_mr`` false, and the reference grid is the present one.
+Raw and normalised series pair alike (the affines say where each voxel is); the series of one
+group must agree on their ``normalization`` (all raw, or all normalised with one recipe).
 
-Paired row columns:
+Paired row columns (each geometry is one :meth:`~.geometry.VolumeGeometry.to_dict` value):
 
 * ``key`` (study or patient pseudonym), ``study_uid``, ``patient_id``, ``label`` (-1 unknown),
   ``has_ct``, ``has_mr``, ``modalities`` (``"CT+MR"``, ``"CT"`` or ``"MR"``), ``warnings``;
-* the reference grid: ``spacing``, ``origin``, ``direction`` (CT's when present);
-* ``ct_volume`` (on the reference grid), ``mr_volume`` (MR resampled onto the reference grid);
-* ``mr_native_volume``, ``mr_native_spacing``, ``mr_native_origin``, ``mr_native_direction``;
-* ``ct_series_uid``, ``mr_series_uid``.
+* ``geometry``: the reference grid (CT's when present), which ``ct_volume`` and ``mr_volume`` (the
+  MR resampled onto it) share;
+* ``mr_native_volume`` and its ``mr_native_geometry`` (the MR on its own grid);
+* ``ct_series_uid``, ``mr_series_uid``, ``normalization`` (the series').
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .geometry import affine, resample_to_grid
+from .geometry import VolumeGeometry, resample_to_grid
 
 __all__ = ["PAIR_BY", "pair_rows", "pair_group", "resample_onto"]
 
@@ -33,10 +35,9 @@ _EMPTY = np.zeros((1, 1, 1), dtype=np.float32)
 
 
 def resample_onto(moving: dict[str, Any], fixed: dict[str, Any], *, fill: float = 0.0) -> np.ndarray:
-    """``moving["volume"]`` resampled (trilinear) onto ``fixed``'s grid, using both affines."""
-    src = affine(moving["spacing"], moving["origin"], moving["direction"])
-    dst = affine(fixed["spacing"], fixed["origin"], fixed["direction"])
-    return resample_to_grid(moving["volume"], src, dst, np.asarray(fixed["volume"]).shape, fill=fill)
+    """``moving["volume"]`` resampled (trilinear) onto ``fixed``'s grid, using both rows' geometry."""
+    src, dst = VolumeGeometry.of(moving["geometry"]), VolumeGeometry.of(fixed["geometry"])
+    return resample_to_grid(moving["volume"], src.affine, dst.affine, dst.shape, fill=fill)
 
 
 def _key(row: dict[str, Any], by: str) -> str:
@@ -65,6 +66,12 @@ def pair_group(rows: list[dict[str, Any]], *, by: str = "study") -> tuple[dict[s
         notes.append(f"ignored modalities {others}")
     if not chosen:
         return None, notes + ["no CT or MR series"]
+    normalization = {str(r.get("normalization") or "") for r in chosen.values()}
+    if len(normalization) > 1:
+        raise ValueError(
+            "the CT and MR series of one study differ in normalization (one raw, one normalised, or two recipes); "
+            "read them the same way and normalise once"
+        )
     ct, mr = chosen.get("CT"), chosen.get("MR")
     ref = ct if ct is not None else mr
     labels = {int(r["label"]) for r in chosen.values() if int(r.get("label", -1)) >= 0}
@@ -80,6 +87,8 @@ def pair_group(rows: list[dict[str, Any]], *, by: str = "study") -> tuple[dict[s
         mr_on_ref = resample_onto(mr, ct, fill=0.0)
     else:
         mr_on_ref = np.asarray(mr["volume"], dtype=np.float32) if mr is not None else _EMPTY
+    ref_geo = VolumeGeometry.of(ref["geometry"])
+    mr_geo = VolumeGeometry.of(mr["geometry"]) if mr is not None else ref_geo.with_shape(_EMPTY.shape)
     row = {
         "key": _key(ref, by),
         "study_uid": str(ref["study_uid"]),
@@ -89,17 +98,14 @@ def pair_group(rows: list[dict[str, Any]], *, by: str = "study") -> tuple[dict[s
         "has_mr": mr is not None,
         "modalities": "+".join(m for m in ("CT", "MR") if m in chosen),
         "warnings": "; ".join(warnings + notes),
-        "spacing": np.asarray(ref["spacing"], dtype=np.float64),
-        "origin": np.asarray(ref["origin"], dtype=np.float64),
-        "direction": np.asarray(ref["direction"], dtype=np.float64),
+        "geometry": ref_geo.to_dict(),
         "ct_volume": np.asarray(ct["volume"], dtype=np.float32) if ct is not None else _EMPTY,
         "mr_volume": mr_on_ref,
         "mr_native_volume": np.asarray(mr["volume"], dtype=np.float32) if mr is not None else _EMPTY,
-        "mr_native_spacing": np.asarray(mr["spacing"] if mr is not None else ref["spacing"], dtype=np.float64),
-        "mr_native_origin": np.asarray(mr["origin"] if mr is not None else ref["origin"], dtype=np.float64),
-        "mr_native_direction": np.asarray(mr["direction"] if mr is not None else ref["direction"], dtype=np.float64),
+        "mr_native_geometry": mr_geo.to_dict(),
         "ct_series_uid": str(ct["series_uid"]) if ct is not None else "",
         "mr_series_uid": str(mr["series_uid"]) if mr is not None else "",
+        "normalization": normalization.pop(),
     }
     return row, notes
 

@@ -14,7 +14,6 @@ Plain Python (no Ray): the Serve app (``raylens_services.medical``) is a thin wr
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from raylens.models import read_checkpoint
 
 from .deid import DeidConfig
 from .dicom_scan import SliceHeader, group_series, read_headers
@@ -91,9 +92,9 @@ class FusionPredictor:
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, *, deid: DeidConfig | None = None, **kw) -> FusionPredictor:
-        """Load a checkpoint written by :func:`~.train.save_checkpoint` (transform config included)."""
+        """Load a fusion checkpoint (:func:`raylens.models.load_model`; its ``transform`` config included)."""
         model = load_checkpoint(directory)
-        cfg = json.loads((Path(directory) / "config.json").read_text())
+        cfg = read_checkpoint(directory).config
         if "transform" in cfg and "transform" not in kw:
             t = cfg["transform"]
             kw["transform"] = VolumeTransformConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()})

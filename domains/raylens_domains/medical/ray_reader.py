@@ -7,12 +7,19 @@ Only glue lives here; every step calls a plain function of this pack:
    (:func:`~.dicom_scan.read_header`); unreadable files become report entries;
 3. the driver groups the (small, PHI-free) header records by pseudonymised SeriesInstanceUID;
 4. ``map_batches`` builds one volume per series (:func:`~.ingest.load_series_row`: check, sort by
-   position along the normal, decode, modality LUT, affine); bad series become report entries;
-5. the dataset is materialised once so the report is complete; the good series rows are returned.
+   position along the normal, decode, modality LUT, geometry); bad series become report entries;
+5. the dataset is materialised once so the report is complete; the good series rows are returned
+   as a :class:`~raylens.data.result.ReadResult`, the result type of every raylens reader.
+
+Normalisation happens once per volume, either while reading (``read_dicom(transform=...)``) or
+later (:func:`normalize_dataset`, or :func:`fusion_dataset` on raw pairs); rows say which
+(``normalization``), and a second normalisation is refused or skipped (see :mod:`.transforms`).
+
+On Ray with a DICOM folder (skipped as a doctest: it needs both):
 
 >>> from raylens_domains.medical import DicomIngestConfig, DeidConfig   # doctest: +SKIP
 >>> result = read_dicom("/data/dicom", DicomIngestConfig(deid=DeidConfig(key=...)))  # doctest: +SKIP
->>> result.report.summary(); ds = normalize_dataset(result.dataset)   # doctest: +SKIP
+>>> result.report().summary(); ds = normalize_dataset(result.dataset)   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,37 +28,25 @@ import json
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from raylens.data.report import IngestReport, SkippedRow
+from raylens.data.result import FixedReport, ReadResult
 
 from .dicom_scan import SliceHeader, list_dicom_files, read_header
 from .errors import DicomError
+from .geometry import VolumeGeometry
 from .ingest import DicomIngestConfig, load_series_row, series_skip_path
 from .pairing import pair_group
 from .transforms import FusionInputsd, NormalizeVolumed, VolumeTransformConfig
 from .volume import ROW_COLUMNS
 
-__all__ = ["DicomDataset", "read_dicom", "normalize_dataset", "pair_dataset", "fusion_dataset"]
+__all__ = ["read_dicom", "normalize_dataset", "pair_dataset", "fusion_dataset"]
 
 log = logging.getLogger(__name__)
 _SKIP = ("skip_path", "skip_reason")
-
-
-@dataclass
-class DicomDataset:
-    """What :func:`read_dicom` returns: the series rows and the ingest report."""
-
-    dataset: Any
-    """``ray.data.Dataset`` of the good series, one row each (columns: ``volume.ROW_COLUMNS``); it reads
-    from the materialised ingest, so iterating it does not decode again."""
-    report: IngestReport
-    """Files and series skipped, with path and reason."""
-    n_files: int = 0
-    n_slices: int = 0
 
 
 def _header_batch(batch: dict[str, np.ndarray], config: DicomIngestConfig) -> dict[str, np.ndarray]:
@@ -63,7 +58,7 @@ def _header_batch(batch: dict[str, np.ndarray], config: DicomIngestConfig) -> di
                 h.to_dict() for h in read_header(str(path), pseudo, labels=config.labels, label_key=config.label_key)
             )
         except DicomError as e:
-            skips.append((str(path), str(e)))
+            skips.append((config.deid.report_path(str(path)), str(e)))
     # one JSON string per record keeps the schema trivial (optional/None fields, tuples); the series
     # column lets the driver group without parsing the records
     recs = [json.dumps(h) for h in headers] + [json.dumps({"skip_path": p, "skip_reason": r}) for p, r in skips]
@@ -85,7 +80,7 @@ def _series_batch(
             row.update(skip_path="", skip_reason="")
         except DicomError as e:
             row = _empty_row(headers[0])
-            row.update(skip_path=series_skip_path(headers), skip_reason=str(e))
+            row.update(skip_path=series_skip_path(headers, config.deid), skip_reason=str(e))
         rows.append(row)
     out: dict[str, np.ndarray] = {}
     for c in (*ROW_COLUMNS, *_SKIP):
@@ -104,9 +99,7 @@ def _series_batch(
 def _empty_row(h: SliceHeader) -> dict[str, Any]:
     return {
         "volume": np.zeros((1, 1, 1), np.float32),
-        "spacing": np.ones(3),
-        "origin": np.zeros(3),
-        "direction": np.eye(3).reshape(9),
+        "geometry": VolumeGeometry((1, 1, 1), (0, 0, 0), np.eye(3), (1, 1, 1)).to_dict(),
         "modality": h.modality,
         "study_uid": h.study_uid,
         "series_uid": h.series_uid,
@@ -116,6 +109,7 @@ def _empty_row(h: SliceHeader) -> dict[str, Any]:
         "n_slices": 0,
         "warnings": "",
         "transfer_syntax": h.transfer_syntax,
+        "normalization": "",
     }
 
 
@@ -128,7 +122,7 @@ def read_dicom(
     num_cpus: float = 1.0,
     compute=None,
     transform: VolumeTransformConfig | None = None,
-) -> DicomDataset:
+) -> ReadResult:
     """Read DICOM folders / files / DICOMDIRs into a Ray Dataset with one de-identified row per series.
 
     Args:
@@ -139,10 +133,14 @@ def read_dicom(
         num_cpus: CPUs reserved per task.
         compute: a ``ray.data.ActorPoolStrategy``/``TaskPoolStrategy`` for the volume step (default tasks).
         transform: if given, each volume is also normalised (:class:`~.transforms.NormalizeVolumed`) in
-            the same task, which saves a pass over the data; otherwise call :func:`normalize_dataset`.
+            the same task, which saves a pass over the data; otherwise call :func:`normalize_dataset`
+            (or pair raw rows and let :func:`fusion_dataset` normalise). Never both: the rows record it.
 
     Returns:
-        :class:`DicomDataset` with the materialised dataset and the :class:`IngestReport`.
+        A :class:`~raylens.data.result.ReadResult`: ``dataset`` holds the good series, one row each
+        (columns: :data:`~.volume.ROW_COLUMNS`), read from the materialised ingest (iterating it does
+        not decode again); ``report()`` is complete (files and series skipped, with path and reason);
+        ``stats`` counts the ``files`` listed and the ``slices`` of readable headers.
     """
     import ray
 
@@ -150,10 +148,10 @@ def read_dicom(
     if files_per_task < 1 or series_per_task < 1:
         raise ValueError("files_per_task and series_per_task must be >= 1")
     files = list_dicom_files(paths)
-    source = str(paths) if isinstance(paths, (str, os.PathLike)) else "dicom files"
+    source = config.deid.report_path(paths) if isinstance(paths, (str, os.PathLike)) else "dicom files"
     report = IngestReport(source=source)
     if not files:
-        return DicomDataset(ray.data.from_items([]), report)
+        return ReadResult(ray.data.from_items([]), source, FixedReport(report), stats={"files": 0, "slices": 0})
 
     # two blocks per CPU: enough to balance, few enough that per-task overhead stays small
     n_blocks = max(1, min(len(files) // files_per_task + 1, 2 * _cluster_cpus()))
@@ -176,7 +174,8 @@ def read_dicom(
             d = json.loads(rec["record"])
             report.skipped.append(SkippedRow(d["skip_path"], d["skip_reason"]))
     if not groups:
-        return DicomDataset(ray.data.from_items([]), report, n_files=len(files))
+        stats = {"files": len(files), "slices": 0}
+        return ReadResult(ray.data.from_items([]), source, FixedReport(report), stats=stats)
 
     # biggest series first, so the longest tasks start early
     items = [
@@ -203,7 +202,7 @@ def read_dicom(
     report.n_ok = sum(1 for _, reason in status if not reason)
     good = ds.filter(expr="skip_reason == ''").drop_columns(list(_SKIP))
     log.info(report.summary())
-    return DicomDataset(good, report, n_files=len(files), n_slices=n_slices)
+    return ReadResult(good, source, FixedReport(report), stats={"files": len(files), "slices": n_slices})
 
 
 def _one_operator(ds):
@@ -233,10 +232,21 @@ def _cluster_cpus() -> int:
 
 
 def normalize_dataset(ds, config: VolumeTransformConfig | None = None, *, batch_size: int = 4, compute=None):
-    """``map_batches`` of :class:`~.transforms.NormalizeVolumed`: RAS, target spacing, window/norm, fixed shape."""
-    kw: dict[str, Any] = {} if compute is None else {"compute": compute}
+    """``map_batches`` of :class:`~.transforms.NormalizeVolumed`: RAS, target spacing, window/norm, fixed shape.
+
+    The MONAI pipelines are built once per worker: in tasks (the default) through the per-process
+    cache, with ``compute=ray.data.ActorPoolStrategy(...)`` once per actor (Ray Data builds the class).
+    Rows normalised already (``read_dicom(transform=...)``) are refused.
+    """
+    config = config or VolumeTransformConfig()
+    if compute is None:
+        return ds.map_batches(NormalizeVolumed(config), batch_size=batch_size, batch_format="numpy")
     return ds.map_batches(
-        NormalizeVolumed(config or VolumeTransformConfig()), batch_size=batch_size, batch_format="numpy", **kw
+        NormalizeVolumed,
+        fn_constructor_kwargs={"config": config},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=compute,
     )
 
 
@@ -266,7 +276,11 @@ def pair_dataset(ds, *, by: str = "study"):
 
 
 def fusion_dataset(paired_ds, config: VolumeTransformConfig | None = None, *, batch_size: int = 4):
-    """Paired rows -> model-ready rows (``ct``, ``mr_aligned``, ``mr``, ``present``, ``label``)."""
+    """Paired rows -> model-ready rows (``ct``, ``mr_aligned``, ``mr``, ``present``, ``label``).
+
+    Raw pairs are normalised here; pairs of series normalised at read time (with the same ``config``)
+    are only assembled, so every volume is normalised once (:func:`~.transforms.fusion_inputs`).
+    """
     return paired_ds.map_batches(
         FusionInputsd(config or VolumeTransformConfig()), batch_size=batch_size, batch_format="numpy"
     )

@@ -1,135 +1,97 @@
-"""Ray Train glue: the plain fusion loop (:func:`~.train.train_fusion`) inside a ``TorchTrainer``.
+"""Fusion on Ray Train: the plain fusion loop (:func:`~.train.train_fusion`) run by the one Ray Train
+wrapper (:func:`raylens.train.ray_fit.fit`), with the one ``RayTrainOptions``.
 
 Each worker reads its shard of the model-ready Ray Dataset (``ct``, ``mr_aligned``, ``mr``, ``present``,
-``label``), wraps the model with ``ray.train.torch.prepare_model`` (DDP over gloo on CPU, NCCL on GPU)
-and reports after every epoch with ``ray.train.report``; rank 0 attaches a checkpoint directory
-(``model.safetensors`` + ``config.json``, see :func:`~.train.save_checkpoint`). The validation set is
-not split: every worker gets all of it, rank 0 scores it.
+``label``); the model is wrapped in DDP (gloo on CPU, NCCL on GPU); every epoch is reported and
+checkpointed as :mod:`raylens.train.checkpointing` says (every ``checkpoint_every`` epochs and at the
+end). The validation set is not split: rank 0 scores all of it (up to ``opts.eval_max_rows`` rows).
+Re-running with the same ``opts.name`` and ``opts.storage_path`` resumes from the latest checkpoint.
 
->>> res = train_fusion_ray(FusionTrainConfig(model="mid"), train_ds, val_ds, num_workers=2)  # doctest: +SKIP
->>> res.metrics["val_auc"], res.checkpoint_dir                                             # doctest: +SKIP
+On Ray (skipped as a doctest: it starts Ray Train workers):
+
+>>> opts = RayTrainOptions(num_workers=2, name="mid-1")                                          # doctest: +SKIP
+>>> res = train_fusion_ray(FusionTrainConfig(model="mid"), train_ds, val_ds, opts)              # doctest: +SKIP
+>>> res.metrics["val_auc"], load_checkpoint(res.checkpoint)                                    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import tempfile
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
-import numpy as np
+from raylens.train.options import RayTrainOptions
+from raylens.train.ray_fit import RayContext, fit
+from raylens.train.result import TrainResult
 
-from .train import MODEL_INPUT_KEYS, FusionTrainConfig, load_checkpoint, save_checkpoint, train_fusion
+from .train import MODEL_INPUT_KEYS, FusionTrainConfig, train_fusion
 from .transforms import VolumeTransformConfig
 
-__all__ = ["RayFusionResult", "train_fusion_ray", "fusion_train_loop"]
+__all__ = ["train_fusion_ray", "fusion_worker_loop", "print_epoch", "TRAIN_COLUMNS"]
 
-_COLUMNS = [*MODEL_INPUT_KEYS, "label"]
-
-
-@dataclass
-class RayFusionResult:
-    """What :func:`train_fusion_ray` returns."""
-
-    metrics: dict[str, Any]
-    """The last reported metrics (loss, and val AUC/accuracy/F1 when a val set was given)."""
-    checkpoint_dir: str | None
-    """The final checkpoint (load with :func:`~.train.load_checkpoint`)."""
-    storage_path: str
-
-    def load_model(self):
-        if self.checkpoint_dir is None:
-            raise FileNotFoundError("the run reported no checkpoint")
-        return load_checkpoint(self.checkpoint_dir)
+TRAIN_COLUMNS = [*MODEL_INPUT_KEYS, "label"]
+"""The columns a model-ready dataset needs."""
 
 
-def fusion_train_loop(loop_config: dict[str, Any]) -> None:
-    """The per-worker function given to ``TorchTrainer`` (reads Ray Train's context and shards)."""
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
+def print_epoch(config: FusionTrainConfig):
+    """A progress line per epoch: ``epoch 3/12  loss 0.512  lr 2.9e-03  val_auc 0.810 ...``."""
 
-    cfg = FusionTrainConfig(**loop_config["train"])
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    shard = ray.train.get_dataset_shard("train")
-    val_arrays = None
-    if loop_config.get("has_val") and rank == 0:  # "val" is not split: rank 0 reads all of it
-        batches = list(ray.train.get_dataset_shard("val").iter_batches(batch_size=256, batch_format="numpy"))
-        val_arrays = {k: np.concatenate([b[k] for b in batches]) for k in _COLUMNS} if batches else None
-
-    def batches(epoch: int):
-        return shard.iter_batches(
-            batch_size=cfg.batch_size,
-            batch_format="numpy",
-            local_shuffle_buffer_size=4 * cfg.batch_size,
-            local_shuffle_seed=cfg.seed + epoch,
+    def show(m: dict[str, Any]) -> None:
+        vals = "  ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("val_"))
+        print(
+            f"epoch {m['epoch'] + 1:>3}/{config.epochs}  loss {m['loss']:.4f}  lr {m['lr']:.2e}  "
+            f"{m['seconds']:.1f} s  {vals}".rstrip(),
+            flush=True,
         )
 
-    def report(epoch: int, metrics: dict[str, float], model) -> None:
-        last = epoch == cfg.epochs - 1
-        if rank == 0 and (last or loop_config.get("checkpoint_every_epoch")):
-            with tempfile.TemporaryDirectory() as tmp:
-                extra = {"transform": loop_config["transform"]} if loop_config.get("transform") else None
-                save_checkpoint(model, tmp, train_config=cfg, extra=extra)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+    return show
 
-    def wrap(model):
-        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
 
-    train_fusion(cfg, batches, val_arrays, wrap_model=wrap, report=report, device=ray.train.torch.get_device())
+def fusion_worker_loop(config: dict[str, Any], ctx: RayContext) -> None:
+    """The per-worker loop :func:`train_fusion_ray` gives the wrapper: shards -> batches -> train_fusion."""
+    cfg = FusionTrainConfig(**config["train"])
+    batches = ctx.epoch_batches("train", batch_size=cfg.batch_size, seed=cfg.seed, shuffle_buffer=4 * cfg.batch_size)
+    val = ctx.read_all("val", columns=TRAIN_COLUMNS) if config["has_val"] and ctx.rank == 0 else None
+    extra = {"transform": config["transform"]} if config.get("transform") else None
+    train_fusion(cfg, batches, ctx, val, on_epoch=print_epoch(cfg) if config.get("progress") else None, extra=extra)
 
 
 def train_fusion_ray(
     config: FusionTrainConfig,
     train_ds,
     val_ds=None,
+    opts: RayTrainOptions | None = None,
     *,
-    num_workers: int = 2,
-    use_gpu: bool = False,
-    storage_path: str | Path | None = None,
-    name: str | None = None,
-    checkpoint_every_epoch: bool = False,
     transform: VolumeTransformConfig | None = None,
-) -> RayFusionResult:
-    """Train a fusion model with Ray Train (``TorchTrainer``, ``num_workers`` data-parallel workers).
+    progress: bool = False,
+) -> TrainResult:
+    """Train a fusion model with Ray Train (``opts.num_workers`` data-parallel workers).
 
-    ``train_ds``/``val_ds`` are model-ready Ray Datasets (see :func:`~.ray_reader.fusion_dataset`).
-    ``transform`` (the preprocessing the datasets went through) is saved with the checkpoint, so
-    :class:`~.predict.FusionPredictor` preprocesses uploads the same way.
+    Args:
+        config: the run (``checkpoint_every`` epochs sets the checkpoint cadence).
+        train_ds: model-ready Ray Dataset (see :func:`~.ray_reader.fusion_dataset`), split across workers.
+        val_ds: optional model-ready Ray Dataset scored by rank 0 after every epoch.
+        opts: workers, GPUs, storage and run name (same name + storage resumes), failures, checkpoints kept.
+        transform: the preprocessing the datasets went through; saved with every checkpoint, so
+            :class:`~.predict.FusionPredictor` preprocesses uploads the same way.
+        progress: print one line per epoch (from rank 0).
+
+    Returns:
+        The final checkpoint (``raylens.models.load_model`` or :func:`~.train.load_checkpoint` reads
+        it) and the history (one row per epoch: loss, lr, val AUC/accuracy/F1).
     """
-    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     if not isinstance(config, FusionTrainConfig):
         raise TypeError(f"config must be a FusionTrainConfig, got {type(config).__name__}")
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    storage = str(Path(storage_path or Path.home() / ".raylens" / "ray_results").resolve())
-    # materialise the model-ready columns now: once the workers hold their CPUs, a small cluster has
-    # none left for Data tasks, and a lazy dataset would wait for them forever
-    datasets = {"train": train_ds.select_columns(_COLUMNS).materialize()}
+    if transform is not None and not isinstance(transform, VolumeTransformConfig):
+        raise TypeError(f"transform must be a VolumeTransformConfig, got {type(transform).__name__}")
+    # materialise the model-ready columns once: the MONAI preprocessing behind them is costly, and
+    # every epoch reads them again
+    datasets = {"train": train_ds.select_columns(TRAIN_COLUMNS).materialize()}
     if val_ds is not None:
-        datasets["val"] = val_ds.select_columns(_COLUMNS).materialize()
-    trainer = TorchTrainer(
-        fusion_train_loop,
-        train_loop_config={
-            "train": asdict(config),
-            "has_val": val_ds is not None,
-            "checkpoint_every_epoch": checkpoint_every_epoch,
-            "transform": asdict(transform) if transform is not None else None,
-        },
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=RunConfig(
-            name=name or f"fusion-{config.model}",
-            storage_path=storage,
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-    )
-    result = trainer.fit()
-    ckpt = result.checkpoint.path if result.checkpoint is not None else None
-    return RayFusionResult(metrics=dict(result.metrics or {}), checkpoint_dir=ckpt, storage_path=storage)
+        datasets["val"] = val_ds.select_columns(TRAIN_COLUMNS).materialize()
+    loop_config = {
+        "train": asdict(config),
+        "has_val": val_ds is not None,
+        "transform": asdict(transform) if transform is not None else None,
+        "progress": progress,
+    }
+    return fit(fusion_worker_loop, loop_config, datasets, opts)

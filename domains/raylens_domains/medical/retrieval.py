@@ -4,6 +4,8 @@ The embedding of a case is the fusion model's pooled feature vector (``model.emb
 the model finds alike (same lesion look on CT and MR) are neighbours. Index metadata holds only
 pseudonymised ids, the label and the modalities: no PHI reaches the index.
 
+With a trained fusion model and preprocessed cases (skipped as a doctest: it needs both):
+
 >>> idx = build_case_index(model, arrays, meta, checkpoint_hash=file_hash(ckpt / "model.safetensors"))  # doctest: +SKIP
 >>> hits = similar_cases(idx, model, query_arrays, k=5)                                                  # doctest: +SKIP
 """

@@ -2,21 +2,25 @@
 
 :func:`train_fusion` trains one registered model (``early``, ``mid``, ``late``, ``ct_only``,
 ``mr_only``) on model-ready arrays (:data:`~raylens_domains.medical.transforms.FUSION_COLUMNS`) or on
-any ``epoch -> iterable of batches`` callable. It knows nothing about Ray: the Ray Train wrapper
-(:mod:`.ray_train`) passes Ray Data shards as the batch source, ``prepare_model`` as ``wrap_model``
-and a ``report`` callback that calls ``ray.train.report`` with a checkpoint.
+any ``epoch -> iterable of batches`` callable, on a :class:`~raylens.train.TrainContext` like every
+raylens loop: :class:`~raylens.train.LocalContext` in-process, ``raylens.train.ray_fit.RayContext``
+inside Ray Train (:mod:`.ray_train`, through the one wrapper ``raylens.train.ray_fit.fit``). With
+``ctx.world_size > 1`` the model is wrapped in DDP. It resumes, checkpoints (every
+``checkpoint_every`` epochs and at the end) and writes its history and curves through
+:mod:`raylens.train.checkpointing`, as every loop does.
 
 Modality dropout: with probability ``modality_dropout`` a case that has both modalities loses one
 (chosen at random) for that step: its volumes are zeroed and its ``present`` flag cleared, so mid and
 late fusion learn to predict from whichever modality is there.
 
-Checkpoints are a directory with ``model.safetensors`` and ``config.json`` (the model's and the
-training config), loaded with :func:`load_checkpoint`; nothing is unpickled.
+Checkpoints are ``raylens.checkpoint/1`` directories (``model.safetensors`` + ``config.json`` with the
+model's and the training config), written by :func:`raylens.models.save_model` and read by
+:func:`raylens.models.load_model`; :func:`save_checkpoint`/:func:`load_checkpoint` are thin calls to them.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -28,8 +32,11 @@ import torch
 from torch import nn
 
 from raylens.errors import CheckpointError
+from raylens.models import create_model, list_models, load_model, read_checkpoint, save_model
+from raylens.train import checkpointing
+from raylens.train.context import TrainContext
+from raylens.train.result import TrainResult
 
-from .fusion import FUSION_MODELS, create_fusion_model
 from .metrics import BinaryMetrics, binary_metrics
 
 __all__ = [
@@ -51,17 +58,20 @@ MODEL_INPUT_KEYS = ("ct", "mr_aligned", "mr", "present")
 
 @dataclass
 class FusionTrainConfig:
-    """One training run."""
+    """One fusion training run (the model, the optimisation, the checkpoint cadence)."""
 
     model: str = "early"
     """Registered model name: early, mid, late, ct_only, mr_only."""
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra arguments of the model factory (e.g. ``{"fuse": "concat", "fuse_stage": "layer2"}``)."""
     epochs: int = 12
+    """Passes over the training data (every worker runs all of them)."""
     batch_size: int = 16
+    """Cases per worker per step."""
     lr: float = 3e-3
     """AdamW learning rate (cosine-decayed to 5% over the run)."""
     weight_decay: float = 1e-4
+    """AdamW weight decay."""
     modality_dropout: float = 0.0
     """Probability that a two-modality case loses one modality for a step (mid/late: try 0.2)."""
     member_loss_weight: float = 0.5
@@ -69,29 +79,48 @@ class FusionTrainConfig:
     augment: bool = True
     """Random flips along each axis (the same flips for every volume of a case)."""
     seed: int = 0
+    """Seeds the weights, the data order and the dropout/augment draws (per epoch and rank, so a resumed
+    run draws what an uninterrupted one would)."""
+    checkpoint_every: int = 0
+    """Also checkpoint every N epochs (0: only at the end); a run resumes from its latest checkpoint."""
 
     def __post_init__(self):
-        if self.model not in FUSION_MODELS:
-            raise ValueError(f"model must be one of {FUSION_MODELS.names()}, got {self.model!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.model not in list_models(kind="fusion"):
+            raise ValueError(f"model must be one of {list_models(kind='fusion')}, got {self.model!r}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ValueError(f"`lr` must be > 0, got {self.lr}; typical values are 1e-4 to 5e-3")
+        if self.weight_decay < 0:
+            raise ValueError(f"`weight_decay` must be >= 0, got {self.weight_decay}")
+        if self.member_loss_weight < 0:
+            raise ValueError(
+                f"`member_loss_weight` must be >= 0 (0 = combined loss only), got {self.member_loss_weight}"
+            )
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ValueError(
+                f"`checkpoint_every` must be >= 0 epochs (0 = only at the end), got {self.checkpoint_every!r}"
+            )
         if not 0.0 <= self.modality_dropout < 1.0:
-            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
+            raise ValueError(f"`modality_dropout` must be in [0, 1), got {self.modality_dropout}")
         if self.modality_dropout > 0 and self.model in ("ct_only", "mr_only"):
-            raise ValueError("modality_dropout needs a fusion model; set it to 0 for ct_only/mr_only")
+            raise ValueError("`modality_dropout` needs a fusion model; set it to 0 for ct_only/mr_only")
 
 
 @dataclass
-class FusionTrainResult:
-    """What :func:`train_fusion` returns."""
+class FusionTrainResult(TrainResult):
+    """What :func:`train_fusion` returns: the run (checkpoint, history, steps) plus the trained model.
 
-    model: nn.Module
-    config: FusionTrainConfig
-    history: list[dict[str, float]]
-    """Per epoch: loss, seconds, and val metrics when a val set was given."""
+    ``history`` has one row per epoch: step, epoch, loss, lr, seconds, and ``val_auc``/``val_accuracy``/
+    ``val_f1`` when a val set was given (on rank 0)."""
+
+    model: nn.Module | None = None
+    """The trained model (unwrapped from DDP), in eval mode after the last validation."""
+    config: FusionTrainConfig | None = None
     val_metrics: BinaryMetrics | None = None
+    """The last validation's metrics (None without a val set, or on ranks other than 0)."""
 
 
 class ArrayBatches:
@@ -176,49 +205,72 @@ def _loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: FusionTrainConf
     return bce(model(batch), y)
 
 
+def _epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    return (seed * 1_000_003 + rank * 10_007 + epoch) % (2**63)
+
+
+def _lr(config: FusionTrainConfig, epoch: int) -> float:
+    """Cosine decay per epoch to 5% of ``lr`` (the steps per epoch may be unknown for streamed data)."""
+    return float(config.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * epoch / config.epochs))))
+
+
 def train_fusion(
     config: FusionTrainConfig,
-    train: Mapping[str, np.ndarray] | Callable[[int], Iterable[Mapping[str, Any]]],
+    batches: Mapping[str, np.ndarray] | Callable[[int], Iterable[Mapping[str, Any]]],
+    ctx: TrainContext,
     val: Mapping[str, np.ndarray] | None = None,
     *,
     model: nn.Module | None = None,
-    wrap_model: Callable[[nn.Module], nn.Module] | None = None,
-    report: Callable[[int, dict[str, float], nn.Module], None] | None = None,
-    device: str | torch.device | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> FusionTrainResult:
-    """Train one fusion model. Plain PyTorch: unit-testable, and what :mod:`.ray_train` runs per worker.
+    """Train one fusion model on ``ctx``: plain PyTorch, in-process or as a Ray Train worker's loop.
 
     Args:
         config: the run.
-        train: model-ready arrays (``ct``, ``mr_aligned``, ``mr``, ``present``, ``label``), or a
+        batches: model-ready arrays (``ct``, ``mr_aligned``, ``mr``, ``present``, ``label``), or a
             callable giving an iterable of such batches for each epoch (a Ray Data shard, say).
-        val: optional arrays scored after every epoch.
-        model: a model to continue from (default: a new ``config.model``).
-        wrap_model: applied to the model before training (``ray.train.torch.prepare_model``).
-        report: called as ``report(epoch, metrics, model)`` after every epoch.
-        device: default CUDA when available, else CPU.
+        ctx: where it runs (``LocalContext(storage=...)`` in-process; ``RayContext`` on Ray). Calling
+            again with a context that has a checkpoint resumes: weights, optimizer, epoch, history.
+        val: optional arrays scored on rank 0 after every epoch (AUC, accuracy, F1 join the history).
+        model: a model to start from (default: a new ``config.model``).
+        on_epoch: called on rank 0 with each epoch's metrics (progress printing).
+        extra: more ``config.json`` keys for every checkpoint (the preprocessing ``transform``, say).
+
+    Returns:
+        The last checkpoint, the history (resumed epochs included) and the trained model.
     """
     if not isinstance(config, FusionTrainConfig):
         raise TypeError(f"config must be a FusionTrainConfig, got {type(config).__name__}")
+    t_start = time.perf_counter()
     torch.manual_seed(config.seed)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(ctx.device)
     if model is None:
-        model = create_fusion_model(config.model, **config.model_kwargs)
-    model = model.to(device)
-    if wrap_model is not None:
-        model = wrap_model(model)
-    batches = ArrayBatches(train, config.batch_size, seed=config.seed) if isinstance(train, Mapping) else train
+        model = create_model(config.model, **config.model_kwargs)
+    model = _unwrap(model).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
-    history: list[dict[str, float]] = []
+    step, start_epoch, history, final_dir = 0, 0, [], None
+    resumed = checkpointing.resume(ctx, model, opt, device=device)
+    if resumed is not None:
+        step, start_epoch, history, final_dir = resumed.step, resumed.next_epoch, resumed.history, resumed.path
+    net: nn.Module = model
+    if ctx.world_size > 1:  # Ray Train has set up the process group (gloo on CPU, NCCL on GPU)
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    if isinstance(batches, Mapping):
+        batches = ArrayBatches(batches, config.batch_size, seed=config.seed)
+    checkpoint_extra = {"train": asdict(config), "run": dict(ctx.run), **(extra or {})}
     val_metrics = None
-    for epoch in range(config.epochs):
+    for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        model.train()
+        seed = _epoch_seed(config.seed, ctx.rank, epoch)
+        torch.manual_seed(seed)  # head dropout
+        gen = torch.Generator().manual_seed(seed)  # modality dropout, flips
+        net.train()
         total, count = 0.0, 0
-        # cosine decay per epoch (the number of steps per epoch may be unknown for streamed data)
-        lr = config.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * epoch / config.epochs)))
+        lr = _lr(config, epoch)
         for g in opt.param_groups:
             g["lr"] = lr
         for raw in batches(epoch):
@@ -229,20 +281,62 @@ def train_fusion(
                 batch = apply_modality_dropout(batch, config.modality_dropout, gen)
             if config.augment:
                 batch = _augment(batch, gen)
-            loss = _loss(model, batch, config)
+            loss = _loss(net, batch, config)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
             total += float(loss.detach()) * len(batch["label"])
             count += len(batch["label"])
-        rec = {"epoch": epoch, "loss": total / max(count, 1), "lr": lr, "seconds": time.perf_counter() - t0}
-        if val is not None:
-            val_metrics = evaluate(_unwrap(model), val, batch_size=config.batch_size * 2, device=device)
+        if count == 0:
+            raise ValueError(
+                f"epoch {epoch} trained on no batch of 2 or more cases: give more training cases than "
+                f"workers, or a batch_size above 1 (got {config.batch_size})"
+            )
+        rec: dict[str, Any] = {
+            "step": step,
+            "epoch": epoch,
+            "loss": total / count,
+            "lr": lr,
+            "seconds": time.perf_counter() - t0,
+        }
+        if val is not None and ctx.rank == 0:
+            val_metrics = evaluate(model, val, batch_size=config.batch_size * 2, device=device)
             rec.update(val_auc=val_metrics.auc, val_accuracy=val_metrics.accuracy, val_f1=val_metrics.f1)
         history.append(rec)
-        if report is not None:
-            report(epoch, rec, _unwrap(model))
-    return FusionTrainResult(model=_unwrap(model), config=config, history=history, val_metrics=val_metrics)
+        if on_epoch is not None and ctx.rank == 0:
+            on_epoch(rec)
+        last = epoch == config.epochs - 1
+        if checkpointing.checkpoint_due(epoch + 1, config.checkpoint_every, last=last):
+            kept = checkpointing.report(
+                ctx,
+                rec,
+                write=functools.partial(
+                    checkpointing.write_checkpoint,
+                    model=model,
+                    optimizer=opt,
+                    step=step,
+                    epoch=epoch,
+                    history=history,
+                    extra=checkpoint_extra,
+                    title=f"{config.model} fusion, epoch {epoch + 1}/{config.epochs}",
+                ),
+            )
+            final_dir = kept or final_dir
+        else:
+            ctx.report(rec)
+    if val_metrics is None and val is not None and ctx.rank == 0:  # resumed at the end: score what was loaded
+        val_metrics = evaluate(model, val, batch_size=config.batch_size * 2, device=device)
+    model.eval()
+    return FusionTrainResult(
+        checkpoint=final_dir,
+        history=history,
+        steps=step,
+        seconds=time.perf_counter() - t_start,
+        model=model,
+        config=config,
+        val_metrics=val_metrics,
+    )
 
 
 @torch.no_grad()
@@ -298,34 +392,15 @@ def save_checkpoint(
     train_config: FusionTrainConfig | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` into ``directory`` (created if needed)."""
-    from safetensors.torch import save_file
-
-    model = _unwrap(model)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
-    cfg = {"model": model.config_dict(), "train": asdict(train_config) if train_config else None, **(extra or {})}
-    (directory / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-    return directory
+    """Save a fusion model as a ``raylens.checkpoint/1`` directory (``train`` = the training config)."""
+    return save_model(
+        _unwrap(model), directory, extra={"train": asdict(train_config) if train_config else None, **(extra or {})}
+    )
 
 
 def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model from ``config.json`` and load ``model.safetensors`` (no pickle)."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    cfg_path, w_path = directory / "config.json", directory / "model.safetensors"
-    if not cfg_path.is_file() or not w_path.is_file():
-        raise CheckpointError(f"{directory} is not a fusion checkpoint (needs config.json and model.safetensors)")
-    cfg = json.loads(cfg_path.read_text())["model"]
-    name = cfg.pop("name")
-    model = create_fusion_model(name, **cfg)
-    missing, unexpected = model.load_state_dict(load_file(str(w_path), device=str(device)), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint in {directory} does not match model {name!r}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    return model.to(device).eval()
+    """Load a fusion checkpoint (format 1 or the older layout) with :func:`raylens.models.load_model`."""
+    kind = read_checkpoint(directory).kind
+    if kind != "fusion":
+        raise CheckpointError(f"{directory} holds a {kind} model, not a fusion model; use raylens.models.load_model")
+    return load_model(directory, device=device)

@@ -7,7 +7,7 @@ JPEG, JPEG-LS and JPEG 2000 with pylibjpeg when installed, else :class:`MissingD
 package to install), applies the modality LUT (RescaleSlope/Intercept, so CT comes out in HU) and
 stacks the slices into a ``(D, H, W)`` float32 array. Multi-frame files contribute one slice per frame.
 
-The result is a :class:`SeriesVolume`; :meth:`SeriesVolume.to_row` gives the row schema of DESIGN.md.
+The result is a :class:`SeriesVolume`; :meth:`SeriesVolume.to_row` gives the series row (:data:`ROW_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from .dicom_scan import SliceHeader
 from .errors import DicomError, MissingDecoderError, MixedSeriesError, SeriesGeometryError
-from .geometry import GeometryTolerance, affine, sort_slices
+from .geometry import GeometryTolerance, VolumeGeometry, sort_slices
 
 __all__ = [
     "SeriesVolume",
@@ -40,9 +40,7 @@ MAX_SERIES_VOXELS = 512 * 512 * 2048
 
 ROW_COLUMNS = (
     "volume",
-    "spacing",
-    "origin",
-    "direction",
+    "geometry",
     "modality",
     "study_uid",
     "series_uid",
@@ -52,8 +50,12 @@ ROW_COLUMNS = (
     "n_slices",
     "warnings",
     "transfer_syntax",
+    "normalization",
 )
-"""The columns of one series row (``label`` is -1 when unknown)."""
+"""The columns of one series row. ``geometry`` is :meth:`VolumeGeometry.to_dict` (spacing, origin,
+direction, shape of ``volume``); ``label`` is -1 when unknown; ``normalization`` is ``""`` for a raw
+volume (HU for CT) and the :meth:`~.transforms.VolumeTransformConfig.fingerprint` of the recipe that
+normalised it otherwise, so no step normalises a volume twice."""
 
 # transfer syntax UID -> the PyPI packages that let pydicom decode it
 DECODER_PACKAGES: dict[str, str] = {
@@ -78,12 +80,8 @@ class SeriesVolume:
 
     volume: np.ndarray
     """``(D, H, W)`` float32, after the modality LUT (HU for CT)."""
-    spacing: np.ndarray
-    """``(3,)`` mm: slice spacing, row spacing, column spacing."""
-    origin: np.ndarray
-    """``(3,)`` LPS mm of voxel (0, 0, 0)."""
-    direction: np.ndarray
-    """``(9,)`` row-major 3x3; its columns are the array axes' unit vectors in LPS."""
+    geometry: VolumeGeometry
+    """Spacing, origin, direction and shape of ``volume`` (LPS, see :mod:`.geometry`)."""
     modality: str
     study_uid: str
     series_uid: str
@@ -94,18 +92,20 @@ class SeriesVolume:
     warnings: tuple[str, ...] = field(default_factory=tuple)
     """Uneven spacing, allowed gaps, tilt: what is odd but not fatal about this series."""
 
+    def __post_init__(self):
+        if tuple(self.volume.shape) != self.geometry.shape:
+            raise ValueError(f"volume shape {self.volume.shape} differs from its geometry's {self.geometry.shape}")
+
     @property
     def affine(self) -> np.ndarray:
         """4x4 voxel index -> LPS mm."""
-        return affine(self.spacing, self.origin, self.direction)
+        return self.geometry.affine
 
     def to_row(self) -> dict[str, Any]:
-        """The medical row schema of DESIGN.md (one row per series)."""
+        """One series row (:data:`ROW_COLUMNS`), a raw (not normalised) volume."""
         return {
             "volume": self.volume.astype(np.float32, copy=False),
-            "spacing": np.asarray(self.spacing, dtype=np.float64),
-            "origin": np.asarray(self.origin, dtype=np.float64),
-            "direction": np.asarray(self.direction, dtype=np.float64),
+            "geometry": self.geometry.to_dict(),
             "modality": self.modality,
             "study_uid": self.study_uid,
             "series_uid": self.series_uid,
@@ -115,18 +115,20 @@ class SeriesVolume:
             "n_slices": int(self.volume.shape[0]),
             "warnings": "; ".join(self.warnings),
             "transfer_syntax": self.transfer_syntax,
+            "normalization": "",
         }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> SeriesVolume:
+        """The series of a raw row (:meth:`to_row`); a normalised row is refused (its values are not HU)."""
+        if row.get("normalization"):
+            raise ValueError("this row holds a normalised volume; SeriesVolume is for raw rows (normalization '')")
         label = row.get("label")
         label = None if label is None or int(label) < 0 else int(label)
         w = row.get("warnings") or ""
         return cls(
             volume=np.asarray(row["volume"], dtype=np.float32),
-            spacing=np.asarray(row["spacing"], dtype=np.float64),
-            origin=np.asarray(row["origin"], dtype=np.float64),
-            direction=np.asarray(row["direction"], dtype=np.float64),
+            geometry=VolumeGeometry.of(row["geometry"]),
             modality=str(row["modality"]),
             study_uid=str(row["study_uid"]),
             series_uid=str(row["series_uid"]),
@@ -405,9 +407,7 @@ def load_series(
         raise MixedSeriesError("mixed series (slices carry different labels)")
     return SeriesVolume(
         volume=volume,
-        spacing=spacing,
-        origin=origin,
-        direction=direction,
+        geometry=VolumeGeometry(spacing, origin, direction, volume.shape),
         modality=h0.modality,
         study_uid=h0.study_uid,
         series_uid=h0.series_uid,

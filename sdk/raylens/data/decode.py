@@ -37,6 +37,11 @@ def apply_transform(preprocess: ImageTransform, image: np.ndarray, key: str, epo
     return preprocess(image)
 
 
+_REMOTE_FIX = (
+    "raylens reads local files and embedded bytes, never the network: download the images first, e.g. with img2dataset"
+)
+
+
 def _read_bytes(path: str) -> bytes:
     return Path(path).read_bytes()
 
@@ -50,7 +55,8 @@ def decode_captioned_batch(
 ) -> tuple[dict[str, np.ndarray], list[SkippedRow]]:
     """Decode and preprocess each row of ``batch``.
 
-    Input columns: ``path`` and, optionally, ``image_bytes`` (used instead of reading ``path``) and
+    Input columns: ``path`` (a local path; a remote URL is skipped unless the row embeds its
+    image) and, optionally, ``image_bytes`` (used instead of reading ``path``) and
     ``caption``; every other column is carried through. Output adds ``image`` (N, 3, S, S) float32
     and drops ``image_bytes``. Rows that cannot be used are left out and returned as skips.
     ``epochs`` (one per row, default 0) is passed with the path to keyed transforms.
@@ -66,8 +72,12 @@ def decode_captioned_batch(
         if require_caption and (captions is None or not str(captions[i] or "").strip()):
             skipped.append(SkippedRow(path, "missing caption"))
             continue
+        embedded = raw is not None and raw[i] is not None
+        if not embedded and "://" in path:
+            skipped.append(SkippedRow(path, f"remote URL ({_REMOTE_FIX})"))
+            continue
         try:
-            data = raw[i] if raw is not None and raw[i] is not None else _read_bytes(path)
+            data = raw[i] if embedded else _read_bytes(path)
             image = decode_image(bytes(data))
             images.append(apply_transform(preprocess, image, path, epochs[i] if epochs is not None else 0))
         except FileNotFoundError:

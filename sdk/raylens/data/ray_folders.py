@@ -7,7 +7,6 @@ that are not images or do not decode are skipped and reported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,10 @@ import ray
 
 from raylens.data.decode import ImageTransform
 from raylens.data.folders import DEFAULT_TEMPLATE, IMAGE_EXTENSIONS, list_image_folder
-from raylens.data.ray_reader import CaptionedImages, IngestReporter, blocks_for, decode_and_report
+from raylens.data.ray_reader import ActorReport, IngestReporter, blocks_for, decode_and_report
+from raylens.data.result import ReadResult
 
-__all__ = ["LabeledImages", "read_image_folder"]
-
-
-@dataclass
-class LabeledImages(CaptionedImages):
-    """A lazy Ray dataset of labelled images (rows ``image``, ``path``, ``label``, ``class_name``,
-    ``caption``), its reporter, and the class names (``classes[label]``)."""
-
-    classes: list[str] = field(default_factory=list)
+__all__ = ["read_image_folder"]
 
 
 def read_image_folder(
@@ -37,7 +29,7 @@ def read_image_folder(
     allow_empty: bool = False,
     shuffle_seed: int | None = None,
     batch_size: int = 128,
-) -> LabeledImages:
+) -> ReadResult:
     """Read ``root/<class>/**/<image>`` as a streaming Ray dataset of labelled, captioned images.
 
     Args:
@@ -49,6 +41,10 @@ def read_image_folder(
         allow_empty: allow class folders without images.
         shuffle_seed: shuffle the file list with this seed (else rows come class by class).
         batch_size: rows per decode task batch.
+
+    Returns:
+        A :class:`~raylens.data.result.ReadResult` with ``classes`` (``classes[label]`` is the class
+        name); rows: ``image`` (3, S, S) float32, ``path``, ``label``, ``class_name``, ``caption``.
 
     Raises:
         FileNotFoundError, ValueError: no such folder, no class folders, no images; before any task.
@@ -65,4 +61,4 @@ def read_image_folder(
         batch_format="numpy",
         fn_kwargs={"preprocess": preprocess, "reporter": reporter},
     )
-    return LabeledImages(ds, reporter, listing.root, classes=listing.classes)
+    return ReadResult(ds, listing.root, ActorReport(reporter), classes=listing.classes)

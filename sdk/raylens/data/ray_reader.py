@@ -1,26 +1,27 @@
-"""Ray Data reader for captioned images: a captions file (CSV/JSONL/parquet) plus the images.
+"""Ray Data reader for captioned images: a captions file (CSV/TSV/JSONL/parquet) plus the images.
 
 Streaming: the captions file is read by Ray Data, images are decoded and preprocessed in
 ``map_batches`` tasks, and bad rows are skipped and sent to an :class:`IngestReporter` actor, so
-the job goes on and the report lists every skipped path with its reason. The reporter and
-:func:`decode_and_report` are shared with the other readers (``ray_folders``, ``ray_webdataset``).
+the job goes on and the report lists every skipped path with its reason. The reporter,
+:class:`ActorReport` and :func:`decode_and_report` are shared with the other readers
+(``ray_folders``, ``ray_webdataset``); every reader returns a :class:`~raylens.data.result.ReadResult`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import ray
 
-from raylens.data.captions import caption_columns, parquet_files, parquet_rows
+from raylens.data.captions import inspect_captions, parquet_files, parquet_rows, resolve_image_path
 from raylens.data.decode import ImageTransform, decode_captioned_batch
 from raylens.data.report import IngestReport, SkippedRow
+from raylens.data.result import ReadResult
 
-__all__ = ["IngestReporter", "CaptionedImages", "read_captioned_images", "decode_and_report", "blocks_for"]
+__all__ = ["IngestReporter", "ActorReport", "read_captioned_images", "decode_and_report", "blocks_for"]
 
 
 def _digest(path: str) -> bytes:
@@ -56,6 +57,16 @@ class IngestReporter:
         return IngestReport(self._source, len(self._ok), [SkippedRow(p, r) for p, r in self._skipped.items()])
 
 
+class ActorReport:
+    """``ReadResult.reporter`` for the streaming readers: asks their :class:`IngestReporter` actor."""
+
+    def __init__(self, reporter: ray.actor.ActorHandle):
+        self.reporter = reporter
+
+    def __call__(self) -> IngestReport:
+        return ray.get(self.reporter.report.remote())
+
+
 def _select_split(batch: dict[str, np.ndarray], *, split: str) -> dict[str, np.ndarray]:
     keep = np.asarray([str(s) == split for s in batch["split"]], dtype=bool)
     return {k: np.asarray(v)[keep] for k, v in batch.items()}
@@ -78,7 +89,7 @@ def decode_and_report(
 def _decode_udf(
     batch: dict[str, np.ndarray], *, preprocess: ImageTransform, base: str, reporter
 ) -> Iterator[dict[str, np.ndarray]]:
-    batch["path"] = np.asarray([p if Path(p).is_absolute() else str(Path(base) / p) for p in map(str, batch["path"])])
+    batch["path"] = np.asarray([resolve_image_path(p, base) for p in map(str, batch["path"])])
     yield from decode_and_report(batch, preprocess=preprocess, reporter=reporter)
 
 
@@ -96,61 +107,60 @@ def _estimate_rows(path: Path) -> float:
     return path.stat().st_size / (len(head) / lines)
 
 
-@dataclass
-class CaptionedImages:
-    """A lazy Ray dataset of preprocessed captioned images, and the reporter of its skipped rows."""
-
-    dataset: ray.data.Dataset
-    """Rows: ``image`` (3, S, S) float32, ``path``, ``caption`` and the source's other columns."""
-    reporter: ray.actor.ActorHandle
-    source: str
-
-    def report(self) -> IngestReport:
-        """The ingest report so far (complete once the dataset has been consumed)."""
-        return ray.get(self.reporter.report.remote())
-
-
 def read_captioned_images(
     captions: str | Path,
     preprocess: ImageTransform,
     *,
+    columns: Mapping[str, str] | None = None,
     split: str | None = None,
     batch_size: int = 128,
     override_num_blocks: int | None = None,
-) -> CaptionedImages:
+) -> ReadResult:
     """Read a captions file and its images as a streaming Ray dataset.
 
     Args:
-        captions: a ``.csv``, ``.jsonl`` or ``.parquet`` file (or a folder of parquet files) with
-            columns ``path`` and ``caption`` (paths relative to the file's folder, or absolute).
-            Parquet may embed the images in a binary ``image_bytes`` column, decoded instead of
-            reading ``path`` (which then only names the row in the report).
+        captions: a ``.csv``/``.tsv``, ``.jsonl`` or ``.parquet`` file (or a folder of parquet files)
+            naming each image (paths relative to the file's folder, absolute, or ``file://``) with a
+            caption. Parquet may embed the images in a binary column, decoded instead of reading the
+            path (which then only names the row in the report).
         preprocess: the model's preprocessing (``model.preprocess``), or a
             :class:`~raylens.data.augment.TrainAugment` for training.
+        columns: which of the file's columns fills each role, e.g. ``{"path": "url", "caption":
+            "text"}``; roles left out are found by name (see :mod:`raylens.data.captions`).
         split: keep only rows with this ``split`` value.
         batch_size: rows per decode task batch.
+        override_num_blocks: read blocks (default: about one per ``batch_size`` rows).
+
+    Returns:
+        A :class:`~raylens.data.result.ReadResult`; rows: ``image`` (3, S, S) float32, ``path``,
+        ``caption`` and the file's other columns (mapped ones under their role's name).
 
     Raises:
-        FileNotFoundError, ValueError: missing file, wrong format or missing columns, checked here,
-            before any task runs.
+        FileNotFoundError, ValueError: missing file, wrong format or columns that fill no role
+            (the message lists the file's columns), checked here, before any task runs.
     """
-    path = Path(captions).resolve()
-    columns = caption_columns(path)
-    if split is not None and "split" not in columns:
+    layout = inspect_captions(captions, columns)
+    path = Path(layout.path)
+    if split is not None and "split" not in layout.roles and "split" not in layout.columns:
         raise ValueError(f"split={split!r} was asked for but {str(path)!r} has no 'split' column")
-    is_parquet = path.is_dir() or path.suffix.lower() == ".parquet"
+    is_parquet = layout.format == "parquet"
     files = parquet_files(path) if is_parquet else [path]
     blocks = override_num_blocks or blocks_for(parquet_rows(files) if is_parquet else _estimate_rows(path), batch_size)
     if is_parquet:
         ds = ray.data.read_parquet([str(f) for f in files], override_num_blocks=blocks)
-    elif path.suffix.lower() == ".csv":
+    elif layout.format == "csv":
         import pyarrow.csv as pacsv
 
         # every column as string: a caption like "7" must stay text
-        convert = pacsv.ConvertOptions(column_types={c: "string" for c in columns})
-        ds = ray.data.read_csv(str(path), convert_options=convert, override_num_blocks=blocks)
+        convert = pacsv.ConvertOptions(column_types={c: "string" for c in layout.columns})
+        parse = pacsv.ParseOptions(delimiter=layout.delimiter)
+        ds = ray.data.read_csv(str(path), convert_options=convert, parse_options=parse, override_num_blocks=blocks)
     else:
         ds = ray.data.read_json(str(path), lines=True, override_num_blocks=blocks)
+    if layout.displaced:
+        ds = ds.drop_columns(layout.displaced)
+    if layout.renames:
+        ds = ds.rename_columns(layout.renames)
     reporter = IngestReporter.remote(str(path))
     if split is not None:  # before decoding, so no image tensor column is ever empty
         ds = ds.map_batches(_select_split, batch_format="numpy", fn_kwargs={"split": split})
@@ -160,4 +170,4 @@ def read_captioned_images(
         batch_format="numpy",
         fn_kwargs={"preprocess": preprocess, "base": str(path if path.is_dir() else path.parent), "reporter": reporter},
     )
-    return CaptionedImages(ds, reporter, str(path))
+    return ReadResult(ds, str(path), ActorReport(reporter))

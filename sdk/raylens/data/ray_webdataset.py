@@ -15,7 +15,8 @@ import numpy as np
 import ray
 
 from raylens.data.decode import ImageTransform
-from raylens.data.ray_reader import CaptionedImages, IngestReporter, decode_and_report
+from raylens.data.ray_reader import ActorReport, IngestReporter, decode_and_report
+from raylens.data.result import ReadResult
 from raylens.data.webdataset import expand_shards, shard_batches
 
 __all__ = ["read_webdataset"]
@@ -37,7 +38,7 @@ def read_webdataset(
     preprocess: ImageTransform,
     *,
     batch_size: int = 128,
-) -> CaptionedImages:
+) -> ReadResult:
     """Read WebDataset shards as a streaming Ray dataset of captioned images.
 
     Args:
@@ -45,7 +46,9 @@ def read_webdataset(
         preprocess: ``ClipPreprocess`` (eval) or ``TrainAugment`` (train).
         batch_size: rows per decoded batch.
 
-    Rows: ``image`` (3, S, S) float32, ``path`` (``SHARD.tar:KEY``), ``key``, ``caption``.
+    Returns:
+        A :class:`~raylens.data.result.ReadResult`; rows: ``image`` (3, S, S) float32, ``path``
+        (``SHARD.tar:KEY``), ``key``, ``caption``.
 
     Raises:
         FileNotFoundError, ValueError: a named shard is missing or nothing matched; before any task.
@@ -60,4 +63,4 @@ def read_webdataset(
         batch_format="numpy",
         fn_kwargs={"preprocess": preprocess, "reporter": reporter, "batch_size": batch_size},
     )
-    return CaptionedImages(ds, reporter, source)
+    return ReadResult(ds, source, ActorReport(reporter))

@@ -1,11 +1,14 @@
 """FAISS indices as a product: automatic index choice, stable ids with add/delete, metadata filters
 inside the search, atomic persistence with checksums, autotuned search parameters, named catalogs.
 
+>>> import numpy as np
 >>> from raylens.index import VectorIndex
->>> idx = VectorIndex.build(vectors, {"path": paths, "caption": captions}, model="clip-tiny",
-...                         checkpoint_hash="abc123")                       # doctest: +SKIP
->>> idx.save("runs/demo/index")                                             # doctest: +SKIP
->>> VectorIndex.load("runs/demo/index").search(query, k=5)                  # doctest: +SKIP
+>>> vectors = np.eye(4, dtype="float32")
+>>> idx = VectorIndex.build(vectors, {"caption": ["a", "b", "c", "d"]}, model="clip-tiny", checkpoint_hash="abc123")
+>>> idx.save("runs/demo/index").name
+'index'
+>>> VectorIndex.load("runs/demo/index").search(vectors[2], k=1)[0][0].caption
+'c'
 
 The Ray Data build path lives in :mod:`raylens.index.ray_build` (the only module here that imports ray).
 """

@@ -14,9 +14,13 @@ __all__ = ["IndexCatalog"]
 class IndexCatalog:
     """A thread-safe name → :class:`VectorIndex` registry.
 
+    >>> import numpy as np
+    >>> _ = VectorIndex.build(np.eye(4, dtype="float32"), model="clip-tiny").save("runs/natural/index")
     >>> cat = IndexCatalog()
-    >>> cat.open("natural", "runs/natural/index", expect_model="clip-tiny")   # doctest: +SKIP
-    >>> cat.search("natural", q, k=5)                                           # doctest: +SKIP
+    >>> len(cat.open("natural", "runs/natural/index", expect_model="clip-tiny"))
+    4
+    >>> cat.search("natural", np.eye(4, dtype="float32")[1], k=1)[0][0].id
+    1
     """
 
     def __init__(self) -> None:

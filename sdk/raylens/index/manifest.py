@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["IndexManifest", "MANIFEST_NAME", "FORMAT_VERSION"]
+__all__ = ["IndexManifest", "MANIFEST_NAME", "FORMAT_VERSION", "normalize_data_roots"]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+
+
+def normalize_data_roots(roots: Iterable[str | os.PathLike] | str | os.PathLike | None) -> list[str]:
+    """Data roots as absolute, normalised directory paths (without duplicates, in order).
+
+    >>> normalize_data_roots(["/data/shapes/", "/data/shapes", "/data/../data/more"])
+    ['/data/shapes', '/data/more']
+    """
+    if roots is None:
+        return []
+    if isinstance(roots, (str, os.PathLike)):
+        roots = [roots]
+    out: list[str] = []
+    for root in roots:
+        if not isinstance(root, (str, os.PathLike)) or not os.fspath(root):
+            raise ValueError(f"`data_roots` must be directory paths, got {root!r}")
+        path = os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(root))))
+        if path == os.path.sep:
+            raise ValueError(
+                "`data_roots` names '/', which would let the search service serve any file on the machine; "
+                "name the dataset's own directory"
+            )
+        if path not in out:
+            out.append(path)
+    return out
 
 
 def utc_now() -> str:
@@ -51,6 +78,9 @@ class IndexManifest:
     """ISO time of the first build."""
     updated_at: str = field(default_factory=utc_now)
     """ISO time of the last save."""
+    data_roots: list[str] = field(default_factory=list)
+    """Directories the files the metadata's ``path`` column names live under (absolute). The search
+    service serves an indexed item's file (``GET /images/...``) only from inside these."""
     checksums: dict[str, str] = field(default_factory=dict)
     """sha256 of every file of the directory but the manifest, verified on load."""
     build: dict[str, Any] = field(default_factory=dict)
@@ -71,6 +101,7 @@ class IndexManifest:
             raise ValueError(f"`metric` must be 'ip' or 'l2', got {self.metric!r}")
         if self.count < 0 or self.next_id < 0:
             raise ValueError(f"`count` and `next_id` must be >= 0, got {self.count}, {self.next_id}")
+        self.data_roots = normalize_data_roots(self.data_roots)
         if self.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"`format_version` {self.format_version} is newer than this raylens reads ({FORMAT_VERSION}); upgrade raylens"

@@ -1,10 +1,20 @@
 """``VectorIndex``: a FAISS index, its metadata and its manifest, built, searched, changed and saved as one.
 
->>> idx = VectorIndex.build(vectors, {"path": paths, "label": labels}, model="clip-tiny",
-...                         checkpoint_hash="abc123")                       # doctest: +SKIP
->>> idx.search(query, k=5, filters={"label": [1, 2]})                       # doctest: +SKIP
->>> ids = idx.add(more_vectors, more_metadata); idx.delete(ids[:3])           # doctest: +SKIP
->>> idx.save("runs/demo/index"); VectorIndex.load("runs/demo/index")        # doctest: +SKIP
+>>> import numpy as np
+>>> vectors = np.random.default_rng(0).normal(size=(100, 16)).astype("float32")
+>>> meta = {"path": [f"{i}.png" for i in range(100)], "label": [i % 3 for i in range(100)]}
+>>> idx = VectorIndex.build(vectors, meta, model="clip-tiny", checkpoint_hash="abc123")
+>>> idx.manifest.index_factory, len(idx)  # chosen from N, dim and the memory budget
+('Flat', 100)
+>>> idx.search(vectors[7], k=3)[0][0].id
+7
+>>> {h.metadata["label"] for h in idx.search(vectors[7], k=5, filters={"label": [1, 2]})[0]} <= {1, 2}
+True
+>>> ids = idx.add(vectors[:5], {"path": ["new.png"] * 5, "label": [0] * 5})
+>>> idx.delete(ids[:3]), len(idx)  # stable ids, no rebuild
+(3, 102)
+>>> len(VectorIndex.load(idx.save("runs/demo/index")))  # one directory, atomic, sha256-checked
+102
 """
 
 from __future__ import annotations
@@ -24,14 +34,14 @@ from raylens.index.choose import IndexChoice, choose_index
 from raylens.index.config import BuildOptions
 from raylens.index.dedup import duplicate_groups, fold_duplicates
 from raylens.index.errors import IndexCorruptError, IndexMismatchError, IndexReadOnlyError
-from raylens.index.filters import matching_ids, normalize_filters
+from raylens.index.filters import FilterCache, check_filter_types, matching_ids, normalize_filters
 from raylens.index.hits import SearchHit
-from raylens.index.manifest import MANIFEST_NAME, IndexManifest, utc_now
+from raylens.index.manifest import MANIFEST_NAME, IndexManifest, normalize_data_roots, utc_now
 from raylens.index.metadata import MetadataStore, to_table
-from raylens.index.store import find_index_dir, read_manifest, verify_checksums, write_directory
+from raylens.index.store import open_version, read_manifest, write_directory
 from raylens.index.tune import TuneResult, autotune
 
-__all__ = ["VectorIndex", "INDEX_FILE", "METADATA_FILE", "TOMBSTONES_FILE"]
+__all__ = ["VectorIndex", "INDEX_FILE", "METADATA_FILE", "TOMBSTONES_FILE", "FILTER_CACHE_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,8 @@ INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.parquet"
 TOMBSTONES_FILE = "tombstones.npy"
 ADD_CHUNK = 65_536
+FILTER_CACHE_BYTES = 64 * 2**20
+"""Default memory bound of the filter cache (the ids each recent filter allows), per index."""
 EXACT_FALLBACK_MAX = 200_000
 """A filtered search that the ANN structure cannot fill falls back to exact search over at most this many vectors."""
 
@@ -80,6 +92,7 @@ class VectorIndex:
         *,
         read_only: bool = False,
         device: str = "cpu",
+        filter_cache_bytes: int = FILTER_CACHE_BYTES,
     ):
         self._index = index
         self._meta = metadata
@@ -87,7 +100,7 @@ class VectorIndex:
         self._tomb = np.asarray(tombstones if tombstones is not None else [], dtype=np.int64)
         self._read_only = read_only
         self._lock = threading.RLock()
-        self._filter_cache: dict[tuple, np.ndarray] = {}
+        self._filter_cache = FilterCache(filter_cache_bytes)
         self._device = fu.resolve_device(device)
         self._gpu_index: faiss.Index | None = None
         self.last_tune: TuneResult | None = None
@@ -107,6 +120,7 @@ class VectorIndex:
         index_factory: str | None = None,
         *,
         ids: np.ndarray | None = None,
+        data_roots: list[str | Path] | None = None,
         options: BuildOptions | None = None,
         **option_overrides: Any,
     ) -> VectorIndex:
@@ -117,7 +131,8 @@ class VectorIndex:
         ``manifest.choice_reason``. Further :class:`BuildOptions` fields may be passed as keywords
         (``memory_budget="2G"``, ``recall_target=0.95``, ``dedup_threshold=0.97``, ``tune=False``...),
         or a whole ``options=BuildOptions(...)`` (which then wins over ``metric``/``normalize``/
-        ``index_factory``). Ids default to 0..N-1. Invalid input raises before anything is built.
+        ``index_factory``). Ids default to 0..N-1. ``data_roots``: the directories the ``path``
+        metadata lives under (see :meth:`set_data_roots`). Invalid input raises before anything is built.
         """
         t0 = time.perf_counter()
         if options is None:
@@ -128,6 +143,7 @@ class VectorIndex:
             raise ValueError(f"`model` must be the name of the model that made the vectors, got {model!r}")
         if not isinstance(checkpoint_hash, str):
             raise ValueError(f"`checkpoint_hash` must be a string ('' if unknown), got {checkpoint_hash!r}")
+        roots = normalize_data_roots(data_roots)
         x = as_matrix(vectors, name="vectors", dim=None)
         n, dim = x.shape
         table = to_table(metadata, n)
@@ -161,7 +177,7 @@ class VectorIndex:
         log.info("index choice for %dx%d: %s", n, dim, choice.reason)
 
         with fu.omp_threads(options.threads):
-            return cls._build_index(
+            obj = cls._build_index(
                 x,
                 ids,
                 table,
@@ -174,6 +190,8 @@ class VectorIndex:
                 checkpoint_hash=checkpoint_hash,
                 checkpoint=checkpoint,
             )
+        obj.manifest.data_roots = roots
+        return obj
 
     @classmethod
     def _build_index(cls, x, ids, table, choice, options, device, figures, t0, *, model, checkpoint_hash, checkpoint):
@@ -260,6 +278,11 @@ class VectorIndex:
         return self._meta.columns
 
     @property
+    def column_types(self) -> dict[str, str]:
+        """``{column: Arrow type name}`` of the metadata (``id`` included), e.g. ``{"id": "int64"}``."""
+        return {f.name: str(f.type) for f in self._meta.table.schema}
+
+    @property
     def faiss_index(self) -> faiss.Index:
         """The underlying FAISS index (read it; change it through this class)."""
         return self._index
@@ -272,6 +295,26 @@ class VectorIndex:
     @property
     def read_only(self) -> bool:
         return self._read_only
+
+    @property
+    def filter_cache_bytes(self) -> int:
+        """The memory bound of the filter cache (the ids recent filters allow); set it to resize (0: off)."""
+        return self._filter_cache.max_bytes
+
+    @filter_cache_bytes.setter
+    def filter_cache_bytes(self, max_bytes: int) -> None:
+        self._filter_cache = FilterCache(max_bytes)
+
+    def set_data_roots(self, roots: list[str | Path] | str | Path | None) -> None:
+        """Declare the directories the files of the ``path`` metadata live under (saved in the manifest
+        by the next :meth:`save`); the search service serves an item's file only from inside them."""
+        self.manifest.data_roots = normalize_data_roots(roots)
+
+    def contains(self, item_id: int) -> bool:
+        """Whether ``item_id`` is a live id (a binary search over the sorted ids: no copy, no scan)."""
+        if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)) or not 0 <= item_id < 2**63:
+            return False
+        return bool(self._meta.contains(np.asarray([item_id], dtype=np.int64))[0])
 
     def metadata(self, ids) -> list[dict[str, Any]]:
         """Metadata rows of ``ids`` (unknown ids raise)."""
@@ -294,13 +337,14 @@ class VectorIndex:
 
     def _allowed(self, filters: dict | None) -> np.ndarray | None:
         spec = normalize_filters(filters, self._meta.columns)
+        check_filter_types(filters, self._meta.table.schema)
         if not spec:
             return None
-        if spec not in self._filter_cache:
-            if len(self._filter_cache) > 64:
-                self._filter_cache.clear()
-            self._filter_cache[spec] = matching_ids(self._meta.table, spec)
-        return self._filter_cache[spec]
+        allowed = self._filter_cache.get(spec)
+        if allowed is None:
+            allowed = matching_ids(self._meta.table, spec)
+            self._filter_cache.put(spec, allowed)
+        return allowed
 
     def _raw_search(self, x: np.ndarray, k: int, allowed: np.ndarray | None, params: dict[str, int]):
         """(scores, ids) with -1 ids for missing results; fills k results whenever k vectors qualify."""
@@ -674,40 +718,43 @@ class VectorIndex:
         mmap: bool = False,
         verify: bool = True,
         device: str = "cpu",
+        filter_cache_bytes: int = FILTER_CACHE_BYTES,
     ) -> VectorIndex:
         """Open an index directory written by :meth:`save`.
 
         ``expect_model``/``expect_checkpoint_hash`` guard against querying with another model
         (IndexMismatchError). ``verify`` checks every file's sha256 (IndexCorruptError).
         ``mmap=True`` memory-maps the index and metadata (for indices bigger than RAM; read-only).
+        The load reads one pinned version of the directory (:func:`raylens.index.store.open_version`):
+        a save running meanwhile never makes it see a half-written, mixed or deleted version.
         """
-        d = find_index_dir(directory)
-        manifest = read_manifest(d)
-        if expect_model is not None and manifest.model != expect_model:
-            raise IndexMismatchError(
-                f"index {str(directory)!r} was built with model {manifest.model!r}, not {expect_model!r}; "
-                "query it with the model it was built with, or rebuild it with this one"
-            )
-        if expect_checkpoint_hash is not None and manifest.checkpoint_hash != expect_checkpoint_hash:
-            raise IndexMismatchError(
-                f"index {str(directory)!r} was built from checkpoint {manifest.checkpoint_hash!r}, not "
-                f"{expect_checkpoint_hash!r}; re-embed and rebuild the index with this checkpoint"
-            )
-        if verify:
-            verify_checksums(d, manifest)
-        flags = 0
-        if mmap:  # IVF: map the inverted lists; flat storage (Flat, HNSW): map the codes
-            flags = faiss.IO_FLAG_READ_ONLY | (
-                faiss.IO_FLAG_MMAP if "IVF" in manifest.index_factory else faiss.IO_FLAG_MMAP_IFC
-            )
-        try:
-            index = faiss.read_index(str(d / INDEX_FILE), flags)
-            meta = MetadataStore.load(d / METADATA_FILE, memory_map=mmap)
-            tomb = np.load(d / TOMBSTONES_FILE) if (d / TOMBSTONES_FILE).is_file() else None
-        except (RuntimeError, OSError, ValueError) as e:
-            raise IndexCorruptError(
-                f"index {str(directory)!r} cannot be read ({e}); restore it or rebuild the index"
-            ) from e
+        with open_version(directory) as v:  # every file from one pinned version, whatever saves run meanwhile
+            manifest = v.manifest
+            if expect_model is not None and manifest.model != expect_model:
+                raise IndexMismatchError(
+                    f"index {str(directory)!r} was built with model {manifest.model!r}, not {expect_model!r}; "
+                    "query it with the model it was built with, or rebuild it with this one"
+                )
+            if expect_checkpoint_hash is not None and manifest.checkpoint_hash != expect_checkpoint_hash:
+                raise IndexMismatchError(
+                    f"index {str(directory)!r} was built from checkpoint {manifest.checkpoint_hash!r}, not "
+                    f"{expect_checkpoint_hash!r}; re-embed and rebuild the index with this checkpoint"
+                )
+            if verify:
+                v.verify()
+            flags = 0
+            if mmap:  # IVF: map the inverted lists; flat storage (Flat, HNSW): map the codes
+                flags = faiss.IO_FLAG_READ_ONLY | (
+                    faiss.IO_FLAG_MMAP if "IVF" in manifest.index_factory else faiss.IO_FLAG_MMAP_IFC
+                )
+            try:
+                index = faiss.read_index(str(v.path(INDEX_FILE)), flags)
+                meta = MetadataStore.load(v.path(METADATA_FILE), memory_map=mmap)
+                tomb = np.load(v.path(TOMBSTONES_FILE)) if v.exists(TOMBSTONES_FILE) else None
+            except (RuntimeError, OSError, ValueError) as e:
+                raise IndexCorruptError(
+                    f"index {str(directory)!r} cannot be read ({e}); restore it or rebuild the index"
+                ) from e
         n_tomb = 0 if tomb is None else len(tomb)
         if index.d != manifest.dim or index.ntotal - n_tomb != manifest.count or len(meta) != manifest.count:
             raise IndexCorruptError(
@@ -716,4 +763,4 @@ class VectorIndex:
             )
         if not mmap:
             fu.prepare_ids(index)
-        return cls(index, meta, manifest, tomb, read_only=mmap, device=device)
+        return cls(index, meta, manifest, tomb, read_only=mmap, device=device, filter_cache_bytes=filter_cache_bytes)

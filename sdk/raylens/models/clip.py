@@ -1,4 +1,7 @@
-"""CLIP models: our small open_clip configs plus every open_clip architecture, behind one registry.
+"""CLIP models (kind ``clip``): our small open_clip configs plus every open_clip architecture.
+
+Our models are registered with :func:`~raylens.models.register_model`; every other open_clip
+architecture is served by the ``open_clip`` :class:`~raylens.models.registry.ModelFamily`.
 
 >>> from raylens.models import create_model, list_models
 >>> "clip-tiny" in list_models("clip-*")
@@ -10,8 +13,6 @@ True
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,15 +25,14 @@ import torch.nn.functional as F
 
 from raylens.data.images import OPENAI_MEAN, OPENAI_STD, ClipPreprocess
 from raylens.errors import CheckpointError
-from raylens.registry import Registry
+from raylens.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, file_sha256, read_checkpoint
+from raylens.models.registry import MODELS, ModelFamily, ModelRecord, register_family, register_model
 
 __all__ = [
     "ClipModel",
     "ModelSpec",
-    "MODELS",
-    "register_model",
-    "create_model",
-    "list_models",
+    "OPEN_CLIP_FAMILY",
+    "open_clip_arch",
     "WEIGHTS_FILE",
     "CONFIG_FILE",
     "file_sha256",
@@ -40,11 +40,6 @@ __all__ = [
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(_CONFIG_DIR)  # so plain open_clip knows "raylens-clip-tiny" too
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-MODELS = Registry("model")
-register_model = MODELS.register
 
 
 @dataclass(frozen=True)
@@ -70,12 +65,20 @@ class ClipModel:
 
     ``model`` is the plain ``torch.nn.Module``: train it, wrap it in DDP, or save its state dict.
     ``encode_images``/``encode_texts`` give L2-normalised float32 numpy embeddings.
+    ``model_config`` holds the open_clip overrides it was built with (saved in its checkpoint).
     """
 
-    def __init__(self, spec: ModelSpec, model: torch.nn.Module, checkpoint_hash: str = "untrained"):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model: torch.nn.Module,
+        checkpoint_hash: str = "untrained",
+        model_config: dict[str, Any] | None = None,
+    ):
         self.spec = spec
         self.model = model
-        self.tokenizer = open_clip.get_tokenizer(spec.open_clip_name, context_length=spec.context_length)
+        self.model_config = dict(model_config or {})
+        self.tokenizer = _tokenizer(spec)
         self.preprocess = ClipPreprocess(spec.image_size, spec.mean, spec.std)
         self.checkpoint_hash = checkpoint_hash
 
@@ -113,34 +116,56 @@ class ClipModel:
         self.model.to(device)
         return self
 
-    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` (spec + ``extra``) into ``directory``."""
-        from safetensors.torch import save_file
+    @property
+    def raylens_record(self) -> ModelRecord:
+        """Kind ``clip``, the registry name and the open_clip overrides (see :func:`raylens.models.save_model`)."""
+        return ModelRecord("clip", self.spec.name, dict(self.model_config))
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE))
-        self.checkpoint_hash = file_sha256(directory / WEIGHTS_FILE)
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """The ``model`` spec and ``open_clip`` config keys: plain open_clip rebuilds the model from them."""
         oc_cfg = dict(open_clip.get_model_config(self.spec.open_clip_name) or {})
         if getattr(self.model, "logit_bias", None) is not None:
             oc_cfg.setdefault("init_logit_bias", float(self.model.logit_bias.detach().reshape(-1)[0]))
-        config = {
-            "model": self.spec.to_dict(),
-            "open_clip": oc_cfg,
-            "checkpoint_hash": self.checkpoint_hash,
-            **(extra or {}),
-        }
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
-        return directory
+        return {"model": self.spec.to_dict(), "open_clip": oc_cfg}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True):
+        return self.model.load_state_dict(state, strict=strict)
+
+    def eval(self) -> ClipModel:
+        self.model.eval()
+        return self
+
+    def example_input(self, n: int = 2) -> dict[str, torch.Tensor]:
+        """Random images and two captions' tokens: ``clip(clip.example_input())`` runs a forward pass."""
+        s = self.spec.image_size
+        gen = torch.Generator().manual_seed(0)
+        image = torch.rand(n, 3, s, s, generator=gen).to(self.device)
+        texts = [("a red circle", "a blue square")[i % 2] for i in range(n)]
+        return {"image": image, "text": self.tokenize(texts).to(self.device)}
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """open_clip's forward: ``{"image", "text"}`` tensors -> ``image_features``, ``text_features``, ``logit_scale``."""
+        return self.model(image=inputs.get("image"), text=inputs.get("text"))
+
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write the checkpoint (see :func:`raylens.models.save_model`): weights, config and ``extra``."""
+        from raylens.models.save_load import save_model
+
+        return save_model(self, directory, extra=extra)
 
 
-def file_sha256(path: str | Path, n_hex: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n_hex]
+def _tokenizer(spec: ModelSpec):
+    """open_clip's tokenizer for the architecture; our configs use its SimpleTokenizer (CLIP's BPE).
+
+    open_clip picks a SigLIP sentencepiece tokenizer (a download) for any name holding "siglip",
+    which ``raylens-siglip-tiny`` does, though its text tower is sized for CLIP's BPE vocabulary.
+    """
+    if spec.open_clip_name.startswith("raylens-"):
+        return open_clip.SimpleTokenizer(context_length=spec.context_length)
+    return open_clip.get_tokenizer(spec.open_clip_name, context_length=spec.context_length)
 
 
 def _spec_for(name: str, open_clip_name: str) -> ModelSpec:
@@ -172,7 +197,7 @@ def _build(name: str, open_clip_name: str, pretrained: str | None, **overrides: 
         model = open_clip.create_model(open_clip_name, pretrained=weights, output_dict=True, **overrides)
     finally:
         logging.getLogger("root").disabled = False
-    return ClipModel(spec, model, digest)
+    return ClipModel(spec, model, digest, model_config=overrides)
 
 
 def _has_logit_bias(weights: str | None) -> bool:
@@ -190,17 +215,24 @@ def _resolve_weights(pretrained: str | None, spec: ModelSpec) -> tuple[str | Non
         return None, "untrained"
     p = Path(pretrained)
     if p.is_dir():
-        cfg_path, w = p / CONFIG_FILE, p / WEIGHTS_FILE
+        w = p / WEIGHTS_FILE
         if not w.is_file():
             raise CheckpointError(f"checkpoint dir {str(p)!r} has no {WEIGHTS_FILE}; point at a dir saved by raylens")
-        if cfg_path.is_file():
-            saved = json.loads(cfg_path.read_text()).get("model", {}).get("open_clip_name")
-            if saved and saved != spec.open_clip_name:
-                raise CheckpointError(
-                    f"checkpoint {str(p)!r} holds a {saved!r} model, not {spec.open_clip_name!r}; "
-                    f"call create_model({saved!r}, pretrained=...)"
-                )
-        return str(w), file_sha256(w)
+        if not (p / CONFIG_FILE).is_file():
+            return str(w), file_sha256(w)
+        ck = read_checkpoint(p)
+        if ck.kind != "clip":
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} holds a {ck.kind} model ({ck.arch!r}), not a CLIP model; "
+                "load it with raylens.models.load_model"
+            )
+        saved = ck.config.get("model", {}).get("open_clip_name")
+        if saved and saved != spec.open_clip_name:
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} holds a {saved!r} model, not {spec.open_clip_name!r}; "
+                f"call create_model({ck.arch!r}, pretrained=...)"
+            )
+        return str(w), ck.checkpoint_hash
     if p.suffix in (".safetensors", ".pt", ".bin", ".pth"):
         if not p.is_file():
             raise FileNotFoundError(f"pretrained weights {str(p)!r} do not exist")
@@ -209,49 +241,43 @@ def _resolve_weights(pretrained: str | None, spec: ModelSpec) -> tuple[str | Non
 
 
 @register_model(
-    "clip-tiny", doc="Tiny CLIP (timm test_resnet image tower at 32px, 2-layer text tower); trains on CPU in minutes."
+    "clip-tiny",
+    kind="clip",
+    doc="Tiny CLIP (timm test_resnet image tower at 32px, 2-layer text tower); trains on CPU in minutes.",
 )
 def clip_tiny(pretrained: str | None = None, **overrides: Any) -> ClipModel:
     return _build("clip-tiny", "raylens-clip-tiny", pretrained, **overrides)
 
 
-@register_model("clip-small", doc="Small CLIP (ViT at 64px, 4-layer text tower), for GPU or patient CPU runs.")
+@register_model(
+    "clip-small", kind="clip", doc="Small CLIP (ViT at 64px, 4-layer text tower), for GPU or patient CPU runs."
+)
 def clip_small(pretrained: str | None = None, **overrides: Any) -> ClipModel:
     return _build("clip-small", "raylens-clip-small", pretrained, **overrides)
 
 
-@register_model("siglip-tiny", doc="clip-tiny with SigLIP's learnable logit bias: train it with loss='siglip'.")
+@register_model(
+    "siglip-tiny", kind="clip", doc="clip-tiny with SigLIP's learnable logit bias: train it with loss='siglip'."
+)
 def siglip_tiny(pretrained: str | None = None, **overrides: Any) -> ClipModel:
     return _build("siglip-tiny", "raylens-siglip-tiny", pretrained, **overrides)
 
 
 def open_clip_arch(name: str) -> str:
     """The open_clip architecture a model name is built from (``clip-tiny`` -> ``raylens-clip-tiny``)."""
-    return f"raylens-{name}" if name in MODELS else name
+    return f"raylens-{name}" if name in MODELS and MODELS.meta(name)["kind"] == "clip" else name
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Our registered models plus every open_clip architecture, filtered by a glob pattern."""
-    import fnmatch
-
-    ours = MODELS.names(pattern)
-    theirs = [n for n in open_clip.list_models() if fnmatch.fnmatch(n, pattern) and not n.startswith("raylens-")]
-    return ours + theirs
+def _open_clip_names() -> list[str]:
+    return [n for n in open_clip.list_models() if not n.startswith("raylens-")]
 
 
-def create_model(name: str, pretrained: str | None = None, **overrides: Any) -> ClipModel:
-    """Build a model by name; ``pretrained`` is a raylens checkpoint dir, a weights file or an open_clip tag.
-
-    Raises:
-        KeyError: unknown name (the message lists the close matches).
-        CheckpointError: the checkpoint is for another model or incomplete.
-    """
-    if name in MODELS:
-        return MODELS.create(name, pretrained=pretrained, **overrides)
-    if name in open_clip.list_models():
-        return _build(name, name, pretrained, **overrides)
-    import difflib
-
-    close = difflib.get_close_matches(name, list_models(), n=5, cutoff=0.4)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise KeyError(f"unknown model {name!r}.{hint} See raylens.models.list_models() for all names.")
+OPEN_CLIP_FAMILY = register_family(
+    ModelFamily(
+        name="open_clip",
+        kind="clip",
+        names=_open_clip_names,
+        create=lambda name, pretrained=None, **overrides: _build(name, name, pretrained, **overrides),
+        doc="open_clip architecture (pretrained= an open_clip tag, a weights file or a raylens checkpoint)",
+    )
+)

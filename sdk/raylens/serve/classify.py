@@ -1,11 +1,16 @@
 """Image classifiers the classification service serves, loaded from a checkpoint directory.
 
-Two kinds, told apart by the directory's ``config.json``:
+The checkpoint's ``kind`` (``raylens.checkpoint/1``, read by :func:`raylens.models.read_checkpoint`;
+older layouts are converted) says what it holds; the model is loaded by :func:`raylens.models.load_model`:
 
-* a raylens CLIP checkpoint (``config.json`` has ``"model"``): a zero-shot classifier over class
-  names and prompt templates given in the service config;
-* a timm classifier (``config.json`` is ``{"arch": <timm name>, "classes": [...], "image_size": N}``
-  beside ``model.safetensors``), as written by :func:`save_timm_classifier`.
+* ``clip``: a zero-shot classifier over class names and prompt templates given in the service config;
+* ``classifier``: a supervised classifier (a timm architecture, ``timm/<name>``, or any registered
+  ``classifier`` model) whose ``config.json`` also holds ``classes``, ``image_size`` and optionally
+  ``mean``/``std``, as written by :func:`save_classifier` / :func:`save_timm_classifier`. It runs on
+  PyTorch, or on ONNX Runtime when ``config.json`` says ``"runtime": "onnxruntime"`` (an exported or
+  INT8 model, see :mod:`raylens.classify.onnx_export`); both behind the same ``predict``.
+
+Given a checkpoint directory (skipped as a doctest: it needs a trained checkpoint):
 
 >>> clf = load_classifier("ckpt/")                          # doctest: +SKIP
 >>> clf.predict([image])[0]["label"]                        # doctest: +SKIP
@@ -14,7 +19,6 @@ Two kinds, told apart by the directory's ``config.json``:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,8 +30,10 @@ from raylens.errors import CheckpointError
 __all__ = [
     "ImageClassifier",
     "ZeroShotClassifier",
-    "TimmClassifier",
+    "SupervisedClassifier",
     "load_classifier",
+    "warm_up",
+    "save_classifier",
     "save_timm_classifier",
     "DEFAULT_TEMPLATES",
     "IMAGENET_MEAN",
@@ -42,8 +48,11 @@ MAX_CLASSES = 10_000
 
 class ImageClassifier(Protocol):
     kind: str
+    backend: str
+    """``torch`` or ``onnxruntime``."""
     classes: list[str]
     checkpoint_hash: str
+    image_size: int
 
     def predict(self, images: list[np.ndarray]) -> list[dict[str, Any]]: ...
 
@@ -84,6 +93,7 @@ class ZeroShotClassifier:
     classes: list[str]
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     kind: str = "clip-zero-shot"
+    backend: str = "torch"
 
     def __post_init__(self):
         self.classes = _check_classes(self.classes)
@@ -97,6 +107,7 @@ class ZeroShotClassifier:
         scale = getattr(self.model.model, "logit_scale", None)
         self._scale = float(min(100.0, np.exp(float(scale.detach())))) if scale is not None else 100.0
         self.checkpoint_hash = self.model.checkpoint_hash
+        self.image_size = int(self.model.preprocess.image_size)
 
     def predict(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
         x = self.model.preprocess.batch(images)
@@ -106,48 +117,112 @@ class ZeroShotClassifier:
         return _results(probs / probs.sum(1, keepdims=True), self.classes)
 
 
-class TimmClassifier:
-    """A timm image classifier restored from ``model.safetensors`` + ``config.json`` (no downloads)."""
+class SupervisedClassifier:
+    """A ``classifier``-kind model with its classes and preprocessing: images -> class probabilities.
 
-    kind = "timm"
+    ``model`` maps ``(N, 3, S, S)`` float images to ``(N, len(classes))`` logits (a tensor, or an
+    output with ``.logits`` as transformers models return): a torch module, or an
+    :class:`~raylens.classify.onnx_export.OnnxModel`. ``kind`` and ``backend`` are what the service reports.
+    """
 
-    def __init__(self, directory: str | Path):
-        import timm
-        import torch
-        from safetensors.torch import load_file
-
+    def __init__(
+        self,
+        model: Any,
+        classes: list[str],
+        image_size: int,
+        *,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        checkpoint_hash: str = "untrained",
+        kind: str = "classifier",
+        backend: str = "torch",
+    ):
         from raylens.data.images import ClipPreprocess
-        from raylens.models.clip import CONFIG_FILE, WEIGHTS_FILE, file_sha256
 
-        d = Path(directory)
-        cfg = json.loads((d / CONFIG_FILE).read_text())
-        arch, size = cfg.get("arch"), cfg.get("image_size")
-        if not isinstance(arch, str) or arch not in timm.list_models():
-            raise CheckpointError(f"{str(d)!r}: config.json `arch` must name a timm model, got {arch!r}")
-        if not isinstance(size, int) or not 8 <= size <= 1024:
-            raise CheckpointError(f"{str(d)!r}: config.json `image_size` must be an int in [8, 1024], got {size!r}")
-        self.classes = _check_classes(cfg.get("classes"))
-        self.model = timm.create_model(arch, pretrained=False, num_classes=len(self.classes))
+        if not isinstance(image_size, int) or not 8 <= image_size <= 1024:
+            raise ValueError(f"`image_size` must be an int in [8, 1024], got {image_size!r}")
+        self.model = model.eval()
+        self.classes = _check_classes(classes)
+        self.preprocess = ClipPreprocess(image_size, tuple(mean), tuple(std))
+        self.checkpoint_hash = checkpoint_hash
+        self.kind = kind
+        self.backend = backend
+        self.image_size = image_size
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, *, threads: int = 1) -> SupervisedClassifier:
+        """Load a ``classifier`` checkpoint (its ``classes``, ``image_size``, ``mean``, ``std`` from config.json):
+        a PyTorch one with :func:`raylens.models.load_model`, an ONNX one on ONNX Runtime with ``threads`` threads."""
+        from raylens.classify.onnx_export import OnnxModel, is_onnx_checkpoint
+        from raylens.models import load_model, read_checkpoint
+
+        ck = read_checkpoint(directory)
+        if ck.kind != "classifier":
+            raise CheckpointError(f"{str(ck.directory)!r} holds a {ck.kind} model, not a classifier")
+        cfg = ck.config
         try:
-            self.model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
-        except (RuntimeError, OSError) as e:
+            classes = _check_classes(cfg.get("classes"))
+        except ValueError as e:
+            raise CheckpointError(f"{str(ck.directory)!r}: config.json {e}") from None
+        size = cfg.get("image_size")
+        if not isinstance(size, int) or not 8 <= size <= 1024:
             raise CheckpointError(
-                f"{str(d)!r}: weights do not fit {arch} with {len(self.classes)} classes ({e})"
-            ) from e
-        self.model.eval()
-        self.preprocess = ClipPreprocess(
-            size, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+                f"{str(ck.directory)!r}: config.json `image_size` must be an int in [8, 1024], got {size!r}"
+            )
+        n = ck.model_config.get("num_classes")
+        if n is not None and n != len(classes):
+            raise CheckpointError(
+                f"{str(ck.directory)!r}: the model has {n} outputs but config.json lists {len(classes)} classes"
+            )
+        onnx = is_onnx_checkpoint(cfg)
+        model = OnnxModel(ck.weights, threads=threads) if onnx else load_model(ck.directory)
+        return cls(
+            model,
+            classes,
+            size,
+            mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+            std=tuple(cfg.get("std", IMAGENET_STD)),
+            checkpoint_hash=ck.checkpoint_hash,
+            kind="timm" if ck.arch.startswith("timm/") else "classifier",
+            backend="onnxruntime" if onnx else "torch",
         )
-        self.arch = arch
-        self.checkpoint_hash = file_sha256(d / WEIGHTS_FILE)
-        self._torch = torch
 
     def predict(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
-        torch = self._torch
+        import torch
+
         with torch.inference_mode():
-            logits = self.model(torch.from_numpy(self.preprocess.batch(images)))
+            out = self.model(torch.from_numpy(self.preprocess.batch(images)))
+            logits = getattr(out, "logits", out)
             probs = torch.softmax(logits.float(), dim=-1).numpy()
         return _results(probs, self.classes)
+
+
+def save_classifier(
+    model: Any,
+    directory: str | Path,
+    *,
+    classes: list[str],
+    image_size: int,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save a ``classifier`` model (from ``create_model``) with what serving it needs: classes, size, mean/std."""
+    from raylens.models import model_record, save_model
+
+    kind = model_record(model).kind
+    if kind != "classifier":
+        raise ValueError(
+            f"save_classifier takes a classifier-kind model, got a {kind} model; use raylens.models.save_model"
+        )
+    if not isinstance(image_size, int) or not 8 <= image_size <= 1024:
+        raise ValueError(f"`image_size` must be an int in [8, 1024], got {image_size!r}")
+    cfg: dict[str, Any] = {"classes": _check_classes(classes), "image_size": int(image_size)}
+    if mean is not None:
+        cfg["mean"] = list(mean)
+    if std is not None:
+        cfg["std"] = list(std)
+    return save_model(model, directory, extra={**cfg, **(extra or {})})
 
 
 def save_timm_classifier(
@@ -159,36 +234,69 @@ def save_timm_classifier(
     image_size: int,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a timm model as a checkpoint :class:`TimmClassifier` (and the service) can load."""
-    from safetensors.torch import save_file
+    """Save a timm model (built by ``timm.create_model`` or ``create_model("timm/...")``) as a classifier checkpoint."""
+    import timm
 
-    from raylens.models.clip import CONFIG_FILE, WEIGHTS_FILE
+    from raylens.models import ModelRecord, attach_record
+    from raylens.models.classifiers import TIMM_PREFIX, timm_arch
 
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(d / WEIGHTS_FILE))
-    cfg = {"arch": arch, "classes": _check_classes(classes), "image_size": int(image_size), **(extra or {})}
-    (d / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
-    return d
+    if not isinstance(arch, str) or timm_arch(arch) not in timm.list_models():
+        raise ValueError(f"`arch` must name a timm model (see timm.list_models()), got {arch!r}")
+    classes = _check_classes(classes)
+    if getattr(model, "raylens_record", None) is None:
+        attach_record(model, ModelRecord("classifier", TIMM_PREFIX + timm_arch(arch), {"num_classes": len(classes)}))
+    return save_classifier(model, directory, classes=classes, image_size=image_size, extra=extra)
 
 
 def load_classifier(
-    directory: str | Path, *, classes: list[str] | None = None, templates: list[str] | tuple[str, ...] | None = None
+    directory: str | Path,
+    *,
+    classes: list[str] | None = None,
+    templates: list[str] | tuple[str, ...] | None = None,
+    threads: int = 1,
 ) -> ImageClassifier:
-    """Open a classifier checkpoint directory; a CLIP checkpoint needs ``classes`` (and may take ``templates``)."""
-    from raylens.models.clip import CONFIG_FILE
+    """Open a ``clip`` or ``classifier`` checkpoint; a CLIP one needs ``classes`` (and may take ``templates``).
 
-    d = Path(directory)
-    if not (d / CONFIG_FILE).is_file():
-        raise CheckpointError(f"{str(d)!r} has no {CONFIG_FILE}; point at a raylens CLIP or timm classifier checkpoint")
-    cfg = json.loads((d / CONFIG_FILE).read_text())
-    if "arch" in cfg:
-        return TimmClassifier(d)
-    if "model" not in cfg:
-        raise CheckpointError(f"{str(d)!r}: config.json has neither `arch` (timm) nor `model` (raylens CLIP)")
+    A ``classifier`` checkpoint runs on PyTorch, or on ONNX Runtime (``threads`` intra-op threads)
+    when its ``config.json`` says ``"runtime": "onnxruntime"``.
+
+    Raises:
+        CheckpointError: no checkpoint there, or one of another kind.
+        ValueError: a CLIP checkpoint without ``classes``.
+    """
+    from raylens.models import load_model, read_checkpoint
+
+    ck = read_checkpoint(directory)
+    if ck.kind == "classifier":
+        return SupervisedClassifier.from_checkpoint(ck.directory, threads=threads)
+    if ck.kind != "clip":
+        raise CheckpointError(
+            f"{str(ck.directory)!r} holds a {ck.kind} model; the classifier serves clip (zero-shot) and classifier checkpoints"
+        )
     if not classes:
-        raise ValueError(f"{str(d)!r} is a CLIP checkpoint: give `classes` (and optionally `templates`) for zero-shot")
-    from raylens.models import create_model
+        raise ValueError(
+            f"{str(ck.directory)!r} is a CLIP checkpoint: give `classes` (and optionally `templates`) for zero-shot"
+        )
+    return ZeroShotClassifier(load_model(ck.directory), list(classes), tuple(templates or DEFAULT_TEMPLATES))
 
-    model = create_model(cfg["model"]["name"], pretrained=str(d))
-    return ZeroShotClassifier(model, list(classes), tuple(templates or DEFAULT_TEMPLATES))
+
+def warm_up(clf: ImageClassifier, batch_sizes: tuple[int, ...] = (1, 8)) -> float:
+    """Run ``clf`` on grey dummy images once per batch size (lazy initialisation, first-call kernels and
+    allocations happen here, not on a client's request); returns the seconds it took.
+
+    >>> import time
+    >>> class Echo:
+    ...     image_size = 8
+    ...     def predict(self, images): return [{} for _ in images]
+    >>> warm_up(Echo()) >= 0
+    True
+    """
+    import time
+
+    size = int(getattr(clf, "image_size", 224))
+    t = time.perf_counter()
+    for n in batch_sizes:
+        out = clf.predict([np.full((size, size, 3), 128, np.uint8)] * int(n))
+        if len(out) != n:
+            raise RuntimeError(f"warm-up: the classifier returned {len(out)} predictions for {n} images")
+    return time.perf_counter() - t

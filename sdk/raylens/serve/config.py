@@ -41,7 +41,8 @@ def resolve_config(
     app_name: str | None = None,
 ) -> dict[str, Any]:
     """A copy of ``cfg`` ready to deploy from anywhere: overrides applied, every path in the app's
-    ``args`` (indices, checkpoint, classifier checkpoints) made absolute against ``base_dir``."""
+    ``args`` (indices, data roots, checkpoint, classifier checkpoints, the API key file) made absolute
+    against ``base_dir``."""
     if port is not None and not 1 <= int(port) <= 65535:
         raise ValueError(f"port must be in 1..65535, got {port}")
     out = copy.deepcopy(cfg)
@@ -67,6 +68,12 @@ def resolve_config(
         args["indices"] = {"default": _absolute(args["indices"], base)}
     if args.get("checkpoint"):
         args["checkpoint"] = _absolute(args["checkpoint"], base)
+    if args.get("api_key_file"):
+        args["api_key_file"] = _absolute(args["api_key_file"], base)
+    if isinstance(args.get("data_roots"), dict):
+        args["data_roots"] = {
+            n: [_absolute(d, base) for d in ([r] if isinstance(r, str) else r)] for n, r in args["data_roots"].items()
+        }
     for version in (args.get("classifiers") or {}).values():
         if isinstance(version, dict) and version.get("checkpoint"):
             version["checkpoint"] = _absolute(version["checkpoint"], base)

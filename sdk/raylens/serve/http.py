@@ -1,41 +1,56 @@
 """FastAPI plumbing shared by the raylens services: JSON errors, bounded body reads, CORS, auth.
 
 Plain FastAPI/Starlette (no Ray), so it is unit-tested with FastAPI's test client. Every service
-calls :func:`install_error_handlers` on its app: a refused request, a validation failure, an unknown
-route, a wrong method all answer ``{"error": {"status", "code", "message"}}``.
+calls :func:`install_error_handlers` on its app, and its endpoints answer any exception they catch
+with :func:`json_error`: a refused request, a validation failure, an unknown route, a wrong method,
+an error raised in another deployment all answer ``{"error": {"status", "code", "message"}}``
+through the one mapping :func:`raylens.serve.limits.error_response`.
+
+Errors cross deployments as exceptions: a deployment raises (every raylens error pickles), the
+ingress awaiting it catches the same error and answers it here. Deployments call
+:func:`raylens.serve.observe.quiet_client_errors` so that a client's mistake is not logged as a
+replica ERROR with a traceback.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from raylens.errors import RaylensError
 from raylens.serve.limits import (
     API_KEY_HEADER,
     ServeError,
     ServeLimits,
     check_api_key,
     check_body_size,
-    error_body,
     error_response,
+    unwrap_remote_error,
 )
+from raylens.serve.observe import quiet_client_errors
+
+if TYPE_CHECKING:
+    from raylens.serve.auth import ServeAuth
 
 __all__ = [
     "install_error_handlers",
     "json_error",
+    "json_response",
     "read_body",
     "require_api_key",
     "enable_cors",
     "CORS_ENV",
     "unwrap_remote_error",
     "returns_bad_input",
-    "raise_returned",
 ]
 
 CORS_ENV = "RAYLENS_CORS_ORIGINS"
@@ -44,64 +59,77 @@ CORS_ENV = "RAYLENS_CORS_ORIGINS"
 log = logging.getLogger("raylens.serve")
 
 
-def unwrap_remote_error(exc: BaseException) -> BaseException:
-    """The user exception inside a Ray task/actor error (a replica raised it), else ``exc`` itself."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
-
-
 def returns_bad_input(method):
-    """For deployment methods: bad input (``ServeError``, ``ValueError``, ``TypeError``) is *returned*
-    to the caller instead of raised, so the replica does not log a client's mistake as an ERROR with a
-    traceback; the ingress re-raises it with :func:`raise_returned` and answers a JSON 4xx."""
-    import functools
+    """Deprecated, kept for deployments not yet moved to :func:`~raylens.serve.observe.quiet_client_errors`.
+
+    Bad input is no longer returned as a value: the method raises it and its caller catches the same
+    exception. This decorator only installs the log filter, so the replica logs a client's mistake
+    as one INFO line instead of an ERROR with a traceback.
+    """
 
     @functools.wraps(method)
     async def wrapper(*args, **kwargs):
-        try:
-            return await method(*args, **kwargs)
-        except (ServeError, ValueError, TypeError) as exc:
-            return exc
+        quiet_client_errors()
+        return await method(*args, **kwargs)
 
     return wrapper
 
 
-def raise_returned(value: Any) -> Any:
-    """``value``, or raise it when a :func:`returns_bad_input` method returned an exception."""
-    if isinstance(value, BaseException):
-        raise value
+def json_error(exc: BaseException, *, logger: logging.Logger | None = None, details: bool = True) -> JSONResponse:
+    """The JSON error response for any exception (:func:`~raylens.serve.limits.error_response`):
+    4xx for bad input, a detail-free 500 otherwise. A 5xx is logged on ``logger`` (default
+    ``raylens.serve``) with its traceback, or with its type only when ``details`` is False (errors
+    that may carry private data)."""
+    exc = unwrap_remote_error(exc)
+    status, body = error_response(exc)
+    if status >= 500 and status not in (503, 504):
+        if details:
+            (logger or log).error("request failed: %s", type(exc).__name__, exc_info=exc)
+        else:
+            (logger or log).error("request failed: %s", type(exc).__name__)
+    headers = dict(getattr(exc, "headers", None) or {}) if status != 500 else {}
+    if status == 503:
+        headers.setdefault("retry-after", "1")
+    return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every non-finite float made null (JSON has no NaN) and numpy scalars made Python."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and hasattr(value, "dtype"):  # a numpy scalar
+        return _plain(value.item())
     return value
 
 
-def json_error(exc: BaseException) -> JSONResponse:
-    """A JSON error response for any exception: 4xx for bad input, a detail-free 500 otherwise."""
-    exc = unwrap_remote_error(exc)
-    status, body = error_response(exc)
-    if status >= 500:
-        log.error("request failed: %s", type(exc).__name__, exc_info=exc)
-    return JSONResponse(body, status_code=status)
+def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response that never fails on data: NaN/inf become null, other odd values their text."""
+    body = json.dumps(_plain(content), ensure_ascii=False, allow_nan=False, default=str, separators=(",", ":"))
+    return Response(body.encode("utf-8"), status_code=status_code, media_type="application/json", headers=headers)
 
 
 def install_error_handlers(api: FastAPI) -> FastAPI:
-    """Make ``api`` answer every error as JSON (:func:`raylens.serve.limits.error_body`)."""
+    """Make ``api`` answer every error as JSON through :func:`json_error`."""
 
-    @api.exception_handler(ServeError)
-    async def _serve_error(request: Request, exc: ServeError):
-        return JSONResponse(error_body(exc.status_code, exc.code, exc.message), status_code=exc.status_code)
+    @api.exception_handler(RaylensError)
+    async def _raylens_error(request: Request, exc: RaylensError):
+        return json_error(exc)
 
     @api.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()[:5]
         )
-        return JSONResponse(
-            error_body(422, "invalid_request", f"the request does not match the API ({problems})"), status_code=422
-        )
+        return json_error(ServeError(422, "invalid_request", f"the request does not match the API ({problems})"))
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(exc.status_code, code, str(exc.detail)), status_code=exc.status_code)
+        return json_error(ServeError(exc.status_code, code, str(exc.detail), headers=exc.headers))  # 405: Allow
 
     return api
 
@@ -130,9 +158,18 @@ async def read_body(request: Request, limits: ServeLimits) -> bytes:
     return body
 
 
-def require_api_key(request: Request) -> None:
-    """401 unless the request carries the configured API key (``x-api-key`` or ``Authorization: Bearer``)."""
-    check_api_key(request.headers.get(API_KEY_HEADER) or request.headers.get("authorization"))
+def require_api_key(request: Request, auth: ServeAuth | None = None) -> None:
+    """401 unless the request carries the API key (``x-api-key`` or ``Authorization: Bearer``).
+
+    ``auth``: the service's resolved :class:`~raylens.serve.auth.ServeAuth` (the way to go: resolved
+    when the app is built, the same in every replica). Without it the key is read from this process's
+    environment (``RAYLENS_API_KEY``/``RAYLENS_API_KEY_FILE``; none set: open).
+    """
+    provided = request.headers.get(API_KEY_HEADER) or request.headers.get("authorization")
+    if auth is not None:
+        auth.check(provided)
+    else:
+        check_api_key(provided)
 
 
 def enable_cors(api: FastAPI, origins: list[str] | str | None = None) -> bool:

@@ -1,8 +1,9 @@
 """Safety limits shared by the raylens services: body size, pixels, batch, API key, safe zip handling.
 
-Plain Python (no Ray, no FastAPI): a service calls these checks and turns :class:`ServeError` into an
-HTTP response with :func:`error_body` / :func:`error_response`. Every malformed input must end as a
-4xx JSON error, never a 500.
+Plain Python (no Ray, no FastAPI): a service calls these checks, which raise :class:`ServeError`.
+:func:`error_response` is the one mapping from any exception (raised here, in the search core, or in
+another deployment) to the JSON error body ``{"error": {"status", "code", "message"}}``. Every
+malformed input must end as a 4xx JSON error, never a 500.
 
 >>> limits = ServeLimits(max_body_bytes=10)
 >>> try:
@@ -26,9 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from raylens.errors import RaylensError
+
 __all__ = [
     "ServeLimits",
     "ServeError",
+    "ServeConfigError",
     "API_KEY_ENV",
     "API_KEY_HEADER",
     "check_body_size",
@@ -38,12 +42,14 @@ __all__ = [
     "check_text",
     "check_api_key",
     "configured_api_key",
+    "read_key_file",
     "API_KEY_FILE_ENV",
     "is_safe_member_name",
     "safe_zip_members",
     "safe_extract_zip",
     "error_body",
     "error_response",
+    "unwrap_remote_error",
 ]
 
 API_KEY_ENV = "RAYLENS_API_KEY"
@@ -85,6 +91,8 @@ class ServeLimits:
     """Most results one search may ask for (422 above)."""
     max_text_chars: int = 1000
     """Longest text query, in characters (413 above)."""
+    request_timeout_s: float = 60.0
+    """Longest a request may wait on the model and index deployments (504 past it)."""
 
     def __post_init__(self):
         for name in _INT_FIELDS:
@@ -93,6 +101,12 @@ class ServeLimits:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if not self.max_compression_ratio >= 1:
             raise ValueError(f"max_compression_ratio must be >= 1, got {self.max_compression_ratio}")
+        if isinstance(self.request_timeout_s, bool) or not (
+            isinstance(self.request_timeout_s, (int, float)) and 0 < self.request_timeout_s <= 3600
+        ):
+            raise ValueError(
+                f"request_timeout_s must be a number of seconds in (0, 3600], got {self.request_timeout_s!r}"
+            )
 
     @classmethod
     def from_env(cls, prefix: str = "RAYLENS_") -> ServeLimits:
@@ -105,23 +119,39 @@ class ServeLimits:
                     kw[name] = int(v)
                 except ValueError:
                     raise ValueError(f"{prefix + name.upper()} must be an integer, got {v!r}") from None
-        v = os.environ.get(prefix + "MAX_COMPRESSION_RATIO")
-        if v:
-            kw["max_compression_ratio"] = float(v)
+        for name in ("max_compression_ratio", "request_timeout_s"):
+            v = os.environ.get(prefix + name.upper())
+            if v:
+                try:
+                    kw[name] = float(v)
+                except ValueError:
+                    raise ValueError(f"{prefix + name.upper()} must be a number, got {v!r}") from None
         return cls(**kw)
 
 
-class ServeError(Exception):
-    """A request refused with an HTTP status (4xx), a short machine code and a readable message."""
+class ServeError(RaylensError):
+    """A request refused with an HTTP status (4xx, or 503 when the service is not ready), a short
+    machine code and a readable message; the client gets all three. It pickles, so a deployment can
+    raise it and the ingress that called it catches the same error.
+    """
 
-    def __init__(self, status_code: int, code: str, message: str):
+    def __init__(self, status_code: int, code: str, message: str, *, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status_code = int(status_code)
         self.code = code
         self.message = message
+        self.headers = dict(headers or {})
+        """Response headers the refusal needs (``WWW-Authenticate`` on a 401, ``Allow`` on a 405)."""
 
     def __reduce__(self):
-        return (type(self), (self.status_code, self.code, self.message))
+        return (type(self), (self.status_code, self.code, self.message), self.__dict__)
+
+
+class ServeConfigError(RaylensError, ValueError):
+    """A service is configured in a way that would not be safe (an empty API key, an unreadable key
+    file, no key on a public address): it refuses to start, or answers 500 without details."""
+
+    code = "misconfigured"
 
 
 def check_body_size(n_bytes: int | None, limits: ServeLimits) -> None:
@@ -166,25 +196,38 @@ def check_text(text: str, limits: ServeLimits, *, field: str = "text") -> None:
         )
 
 
+def read_key_file(path: str | os.PathLike, *, what: str = "API key file") -> str:
+    """The key on the first line of ``path``; an unreadable or empty file is a :class:`ServeConfigError`."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        raise ServeConfigError(f"{what} {str(path)!r} cannot be read ({reason}); fix the path") from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise ServeConfigError(f"{what} {str(path)!r} is empty; write the key on its first line")
+    return key
+
+
 def configured_api_key(env_var: str = API_KEY_ENV, file_env_var: str = API_KEY_FILE_ENV) -> str | None:
     """The API key from ``env_var``, else the first line of the file named by ``file_env_var``, else None.
 
-    A key file that is named but unreadable or empty raises ``ValueError`` (fail closed, never open).
+    Fails closed, never open: ``env_var`` set to an empty value, or a key file that is named but
+    unreadable or empty, raises :class:`ServeConfigError` (a ``ValueError``).
     """
     key = os.environ.get(env_var)
-    if key:
-        return key
+    if key is not None:
+        if not key.strip():
+            raise ServeConfigError(
+                f"{env_var} is set but empty, which would turn auth off; set it to the key, or unset it"
+            )
+        return key.strip()
     path = os.environ.get(file_env_var)
-    if not path:
+    if path is None:
         return None
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ValueError(f"{file_env_var}={path!r} cannot be read ({e.strerror}); fix the path or unset it") from None
-    key = lines[0].strip() if lines else ""
-    if not key:
-        raise ValueError(f"{file_env_var}={path!r} is empty; write the key on its first line")
-    return key
+    if not path.strip():
+        raise ServeConfigError(f"{file_env_var} is set but empty; set it to the key file's path, or unset it")
+    return read_key_file(path, what=file_env_var)
 
 
 def check_api_key(provided: str | None, *, env_var: str = API_KEY_ENV, expected: str | None = None) -> None:
@@ -195,12 +238,19 @@ def check_api_key(provided: str | None, *, env_var: str = API_KEY_ENV, expected:
     The comparison takes constant time.
     """
     key = expected if expected is not None else configured_api_key(env_var)
-    if not key:
+    if key is None:
         return
-    if provided and provided.lower().startswith("bearer "):
+    if not key.strip():
+        raise ServeConfigError("the expected API key is empty, which would turn auth off; configure a key")
+    if provided and provided[:7].lower() == "bearer ":
         provided = provided[7:].strip()
     if not provided or not hmac.compare_digest(provided.encode("utf-8"), key.encode("utf-8")):
-        raise ServeError(401, "unauthorized", f"a valid API key is required (header {API_KEY_HEADER!r})")
+        raise ServeError(
+            401,
+            "unauthorized",
+            f"a valid API key is required (header {API_KEY_HEADER!r} or 'Authorization: Bearer <key>')",
+            headers={"www-authenticate": 'Bearer realm="raylens"'},
+        )
 
 
 def is_safe_member_name(name: str) -> bool:
@@ -309,11 +359,42 @@ def error_body(status_code: int, code: str, message: str) -> dict[str, Any]:
     return {"error": {"status": int(status_code), "code": code, "message": message}}
 
 
+def unwrap_remote_error(exc: BaseException) -> BaseException:
+    """The exception a Ray task, actor or Serve replica raised, from the error its caller caught
+    (Ray's ``RayTaskError`` holds it as ``cause``); any other exception is returned as it is."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
 def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    """``(status, body)`` for an exception: a :class:`ServeError` keeps its status; ``ValueError`` and
-    ``TypeError`` (bad input found deeper down) become 422; anything else is a 500 with no details."""
-    if isinstance(exc, ServeError):
-        return exc.status_code, error_body(exc.status_code, exc.code, exc.message)
-    if isinstance(exc, (ValueError, TypeError)):
+    """``(status, body)`` for an exception: the one mapping from errors to the client's JSON error.
+
+    A :class:`~raylens.errors.RaylensError` (:class:`ServeError` included) keeps its ``status_code``
+    and ``code``, and its message goes to the client, unless the status is 500. ``ValueError`` and
+    ``TypeError`` (bad input found deeper down, e.g. in the search core) become 422. A full queue or no
+    live replica (Serve's ``BackPressureError`` ...) is 503 ``overloaded``, a timeout 504. Anything else,
+    and any 500, answers ``internal_error`` with no details. An error raised in another deployment is
+    mapped as the error it was there.
+
+    >>> error_response(ServeError(404, "unknown_index", "no index named 'x'"))[1]["error"]["code"]
+    'unknown_index'
+    >>> error_response(RuntimeError("a secret path"))
+    (500, {'error': {'status': 500, 'code': 'internal_error', 'message': 'internal error'}})
+    """
+    exc = unwrap_remote_error(exc)
+    if isinstance(exc, RaylensError):
+        if exc.status_code != 500:
+            return exc.status_code, error_body(exc.status_code, exc.code, str(exc)[:1000])
+    elif type(exc).__name__ in _OVERLOAD_ERRORS:
+        return 503, error_body(503, "overloaded", "the service is at capacity; retry in a moment")
+    elif isinstance(exc, TimeoutError) or type(exc).__name__ in _TIMEOUT_ERRORS:
+        return 504, error_body(504, "timeout", "the service did not answer in time; retry in a moment")
+    elif isinstance(exc, (ValueError, TypeError)):
         return 422, error_body(422, "invalid_input", str(exc)[:500])
     return 500, error_body(500, "internal_error", "internal error")
+
+
+# Ray Serve's own errors, named (this module does not import Ray): a full queue (``max_queued_requests``),
+# no live replica, a cancelled request; a handle call that ran past its timeout.
+_OVERLOAD_ERRORS = frozenset({"BackPressureError", "DeploymentUnavailableError", "RequestCancelledError"})
+_TIMEOUT_ERRORS = frozenset({"GetTimeoutError"})

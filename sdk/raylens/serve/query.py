@@ -2,6 +2,8 @@
 
 A search names exactly one query: ``text``, an image (``image_b64`` in JSON, or an ``image`` file in a
 multipart form) or an ``embedding``; plus ``k``, optional metadata ``filters`` and an ``index`` name.
+It becomes a :class:`raylens.search.SearchQuery`, the query type of the one search core, which the
+index deployment runs (``k`` above the index size returns every hit, as in the SDK).
 
 >>> q = parse_search({"text": "a red circle", "k": 3})
 >>> q.kind, q.k, q.index
@@ -17,12 +19,13 @@ import json
 import math
 import re
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from raylens.serve.limits import ServeError, ServeLimits, check_batch, check_k, check_pixels, check_text
+from raylens.search import DEFAULT_K, SearchQuery
+from raylens.serve.limits import ServeError, ServeLimits, check_batch, check_k, check_text
+from raylens.serve.media import ACCEPTED_IMAGES, IMAGE_TYPES, PixelBudget, sniff_image_type
 
 __all__ = [
     "SearchQuery",
@@ -33,35 +36,31 @@ __all__ = [
     "decode_b64",
     "check_filters",
     "check_index_name",
-    "SEARCH_JSON_SCHEMA",
-    "SEARCH_FORM_SCHEMA",
-    "ITEMS_JSON_SCHEMA",
+    "check_unicode",
     "DEFAULT_K",
     "MAX_EMBEDDING_DIM",
 ]
 
-DEFAULT_K = 10
 MAX_EMBEDDING_DIM = 8192
+MAX_FILTER_STRING = 256
+"""Longest string a filter value may be."""
+MAX_FILTER_VALUES = 256
+"""Most values one filter condition may list."""
+EMBEDDING_MAX_ABS = 1e6
+"""Largest magnitude of an embedding component."""
+EMBEDDING_MIN_PEAK = 1e-6
+"""An embedding needs one component at least this large in magnitude (it cannot be all zero)."""
+_WHITE_SPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000\x1c\x1d\x1e\x1f"
+)
+NONBLANK_PATTERN = "[^" + _WHITE_SPACE + "]"
+"""A text must hold a character that is not white space (Python's ``str.isspace``). The characters
+are listed literally, so every regex engine (the OpenAPI schema's readers too) reads the class alike."""
+_INT64 = 2**63
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SCALAR = (str, int, float, bool, type(None))
 _FILTER_OPS = ("eq", "ne", "in", "not_in")
-
-
-@dataclass
-class SearchQuery:
-    """One validated search request."""
-
-    kind: str
-    """``"text"``, ``"image"`` or ``"embedding"``."""
-    k: int = DEFAULT_K
-    text: str | None = None
-    image: np.ndarray | None = None
-    """The decoded ``(H, W, 3)`` uint8 query image."""
-    embedding: np.ndarray | None = None
-    filters: dict[str, Any] | None = None
-    index: str | None = None
-    """Index name; None means the service's default index."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _bad(code: str, message: str, status: int = 422) -> ServeError:
@@ -81,9 +80,24 @@ def check_index_name(name: Any) -> str | None:
     return name
 
 
+def check_unicode(text: str, field: str, code: str = "bad_text") -> str:
+    """400 unless ``text`` is valid Unicode (JSON may carry lone surrogates, which no encoder takes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(code, f"`{field}` holds invalid Unicode (a lone surrogate); send UTF-8 text", 400) from None
+    return text
+
+
 def _check_scalar(col: str, v: Any) -> None:
     if not isinstance(v, _SCALAR) or (isinstance(v, float) and not math.isfinite(v)):
         raise _bad("bad_filters", f"`filters[{col!r}]` values must be strings, numbers, booleans or null, got {v!r}")
+    if isinstance(v, int) and not isinstance(v, bool) and not -_INT64 <= v < _INT64:
+        raise _bad("bad_filters", f"`filters[{col!r}]` value {v} is out of the 64-bit integer range")
+    if isinstance(v, str):
+        check_unicode(v, f"filters[{col!r}]", "bad_filters")
+        if len(v) > MAX_FILTER_STRING:
+            raise _bad("bad_filters", f"`filters[{col!r}]` values are at most {MAX_FILTER_STRING} characters")
 
 
 def check_filters(filters: Any) -> dict[str, Any] | None:
@@ -95,6 +109,7 @@ def check_filters(filters: Any) -> dict[str, Any] | None:
     if len(filters) > 16:
         raise _bad("bad_filters", f"`filters` names {len(filters)} columns; at most 16")
     for col, cond in filters.items():
+        check_unicode(col, "filters", "bad_filters")
         if isinstance(cond, dict):
             if len(cond) != 1 or next(iter(cond)) not in _FILTER_OPS:
                 raise _bad(
@@ -104,8 +119,8 @@ def check_filters(filters: Any) -> dict[str, Any] | None:
             if op in ("in", "not_in") and not isinstance(cond, list):
                 raise _bad("bad_filters", f"`filters[{col!r}]` with {op!r} needs a list of values")
         values = cond if isinstance(cond, list) else [cond]
-        if len(values) > 1000:
-            raise _bad("bad_filters", f"`filters[{col!r}]` lists {len(values)} values; at most 1000")
+        if len(values) > MAX_FILTER_VALUES:
+            raise _bad("bad_filters", f"`filters[{col!r}]` lists {len(values)} values; at most {MAX_FILTER_VALUES}")
         kinds = {type(v) for v in values if v is not None}
         for v in values:
             _check_scalar(col, v)
@@ -130,41 +145,55 @@ def decode_b64(data: Any, *, field_name: str = "image_b64") -> bytes:
         ) from None
 
 
-def decode_upload(data: bytes, limits: ServeLimits) -> np.ndarray:
-    """Image file bytes -> ``(H, W, 3)`` uint8; 413 past ``max_pixels`` (read from the header before any
-    decoding: decompression bombs never decode), 400 for anything that is not a readable image."""
+def decode_upload(data: bytes, limits: ServeLimits, budget: PixelBudget | None = None) -> np.ndarray:
+    """Image file bytes -> ``(H, W, 3)`` uint8.
+
+    415 unless the first bytes say PNG, JPEG, WebP, GIF or BMP (:mod:`raylens.serve.media`); 413 when
+    its pixels (all frames) would overrun ``budget``, the request's pixel budget (default: a fresh one
+    of ``max_pixels``), read from the header before any decoding, so decompression bombs never decode;
+    400 for anything unreadable. Blocking: services call it off their event loop.
+    """
     from PIL import Image
 
-    from raylens.data.images import BadImage, decode_image
+    from raylens.data.images import decode_image
 
     if not data:
         raise _bad("bad_image", "the image is empty", 400)
+    media = sniff_image_type(data)
+    if media is None:
+        raise _bad(
+            "unsupported_image_type",
+            f"not a {ACCEPTED_IMAGES} image (the type is read from the file's first bytes)",
+            415,
+        )
+    budget = budget if budget is not None else PixelBudget(limits.max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data), formats=[IMAGE_TYPES[media]]) as img:
                 w, h = img.size
                 frames = getattr(img, "n_frames", 1)
     except Image.DecompressionBombError:
         raise _bad("too_many_pixels", f"the image is over the limit of {limits.max_pixels} pixels", 413) from None
     except Exception as e:  # PIL raises many types for junk bytes
         raise _bad(
-            "bad_image", f"not a readable image ({type(e).__name__}); send a PNG, JPEG or WebP file", 400
+            "bad_image", f"not a readable {media.split('/')[1].upper()} image ({type(e).__name__})", 400
         ) from None
-    check_pixels(int(w) * int(h), limits)
-    if frames > 1:
-        check_pixels(int(w) * int(h) * int(frames), limits)
+    budget.spend(int(w) * int(h) * max(1, int(frames)))
     try:
         return decode_image(data, max_pixels=limits.max_pixels)
-    except BadImage as e:
-        raise _bad("bad_image", f"{e}; send a PNG, JPEG or WebP file", 400) from None
+    except Exception as e:  # BadImage, and whatever else a corrupt file makes a decoder raise
+        detail = str(e) if type(e).__name__ == "BadImage" else type(e).__name__
+        raise _bad("bad_image", f"{detail}; send a {ACCEPTED_IMAGES} file", 400) from None
 
 
 def _k(value: Any, limits: ServeLimits) -> int:
     if value is None:
         return min(DEFAULT_K, limits.max_k)
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**31:
+        value = int(value)  # JSON Schema's integer: 5.0 is 5
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 9:
+        value = int(value)  # a multipart form's k
     check_k(value, limits)
     return value
 
@@ -176,16 +205,30 @@ def _embedding(value: Any) -> np.ndarray:
         raise _bad("bad_embedding", f"`embedding` has {len(value)} numbers; at most {MAX_EMBEDDING_DIM}", 413)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise _bad("bad_embedding", "`embedding` must hold only numbers")
+    if any(isinstance(v, int) and abs(v) > EMBEDDING_MAX_ABS for v in value):
+        raise _bad("bad_embedding", f"`embedding` components must lie within +-{EMBEDDING_MAX_ABS:g}")
     x = np.asarray(value, dtype=np.float64)
-    if not np.isfinite(x).all() or np.abs(x).max() > 1e30:
-        raise _bad("bad_embedding", "`embedding` holds NaN, infinite or huge values")
-    if not np.any(x):
-        raise _bad("bad_embedding", "`embedding` is all zeros; it cannot be normalised")
+    if not np.isfinite(x).all() or np.abs(x).max() > EMBEDDING_MAX_ABS:
+        raise _bad("bad_embedding", f"`embedding` components must lie within +-{EMBEDDING_MAX_ABS:g}")
+    if np.abs(x).max() < EMBEDDING_MIN_PEAK:
+        raise _bad(
+            "bad_embedding", "`embedding` is all zeros (or nearly: every |value| < 1e-6); it cannot be normalised"
+        )
     return x.astype(np.float32)
 
 
+def _common(body: dict[str, Any], limits: ServeLimits) -> dict[str, Any]:
+    """The fields every search shares: ``k``, ``filters``, ``index``."""
+    return {
+        "k": _k(body.get("k"), limits),
+        "filters": check_filters(body.get("filters")),
+        "index": check_index_name(body.get("index")),
+    }
+
+
 def parse_search(body: Any, limits: ServeLimits = ServeLimits()) -> SearchQuery:
-    """A JSON search body (already parsed) -> :class:`SearchQuery`, or a 4xx :class:`ServeError`."""
+    """A JSON search body (already parsed) -> :class:`SearchQuery`, or a 4xx :class:`ServeError`.
+    Decodes an image query (blocking: services call it off their event loop)."""
     if not isinstance(body, dict):
         raise _bad("bad_request", f"the body must be a JSON object, got {type(body).__name__}", 400)
     unknown = set(body) - {"text", "image_b64", "embedding", "k", "filters", "index"}
@@ -193,54 +236,51 @@ def parse_search(body: Any, limits: ServeLimits = ServeLimits()) -> SearchQuery:
         raise _bad(
             "unknown_fields", f"unknown field(s) {sorted(unknown)}; use text, image_b64, embedding, k, filters, index"
         )
-    given = [f for f in ("text", "image_b64", "embedding") if body.get(f) is not None]
+    given = [f for f in ("text", "image_b64", "embedding") if f in body]
     if len(given) != 1:
         raise _bad("one_query", f"give exactly one of `text`, `image_b64` or `embedding` (got {given or 'none'})")
-    q = SearchQuery(
-        kind={"image_b64": "image"}.get(given[0], given[0]),
-        k=_k(body.get("k"), limits),
-        filters=check_filters(body.get("filters")),
-        index=check_index_name(body.get("index")),
-    )
-    if q.kind == "text":
+    if body[given[0]] is None:
+        raise _bad("one_query", f"`{given[0]}` is null; give the query itself")
+    common = _common(body, limits)
+    if given[0] == "text":
         if not isinstance(body["text"], str):
             raise _bad("bad_text", f"`text` must be a string, got {type(body['text']).__name__}")
-        check_text(body["text"], limits)
-        q.text = body["text"]
-    elif q.kind == "image":
-        q.image = decode_upload(decode_b64(body["image_b64"]), limits)
-    else:
-        q.embedding = _embedding(body["embedding"])
-    return q
+        check_text(check_unicode(body["text"], "text"), limits)
+        return SearchQuery(text=body["text"], **common)
+    if given[0] == "image_b64":
+        return SearchQuery(image=decode_upload(decode_b64(body["image_b64"]), limits), **common)
+    return SearchQuery(embedding=_embedding(body["embedding"]), **common)
 
 
 def parse_search_form(fields: dict[str, Any], image: bytes | None, limits: ServeLimits = ServeLimits()) -> SearchQuery:
-    """A multipart search: form fields (``text``, ``k``, ``index``, ``filters`` as a JSON string) and an
-    optional ``image`` file's bytes."""
-    body: dict[str, Any] = {}
-    for name in ("text", "k", "index"):
-        if fields.get(name) not in (None, ""):
-            body[name] = fields[name]
-    if fields.get("filters") not in (None, ""):
+    """A multipart search: form fields (``text``, ``k``, ``index``, ``filters`` as a JSON object's text)
+    and an optional ``image`` file's bytes."""
+    unknown = set(fields) - {"text", "k", "index", "filters"}
+    if unknown:
+        raise _bad("unknown_fields", f"unknown form field(s) {sorted(unknown)}; use text, image, k, filters, index")
+    body: dict[str, Any] = {name: fields[name] for name in ("text", "k", "index") if name in fields}
+    if "filters" in fields:
         try:
             body["filters"] = json.loads(fields["filters"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             raise _bad(
                 "bad_filters", 'the `filters` form field must be a JSON object, e.g. {"shape": "circle"}'
             ) from None
     if image is not None:
         if "text" in body:
             raise _bad("one_query", "give either `text` or an `image` file, not both")
-        q = parse_search({**body, "text": "x"}, limits)  # validates k, filters, index
-        q.kind, q.text, q.image = "image", None, decode_upload(image, limits)
-        return q
+        common = _common(body, limits)
+        return SearchQuery(image=decode_upload(image, limits), **common)
     return parse_search(body, limits)
 
 
 def parse_texts_or_images(
     body: Any, limits: ServeLimits = ServeLimits(), *, allow_texts: bool = True
 ) -> tuple[str, list[Any]]:
-    """``{"texts": [...]}`` or ``{"images_b64": [...]}`` -> ``("text", texts)`` or ``("image", arrays)``."""
+    """``{"texts": [...]}`` or ``{"images_b64": [...]}`` -> ``("text", texts)`` or ``("image", arrays)``.
+
+    The images of one request share one pixel budget (``max_pixels``); decoding blocks.
+    """
     if not isinstance(body, dict):
         raise _bad("bad_request", f"the body must be a JSON object, got {type(body).__name__}", 400)
     allowed = {"texts", "images_b64"} if allow_texts else {"images_b64"}
@@ -258,46 +298,7 @@ def parse_texts_or_images(
         for t in items:
             if not isinstance(t, str):
                 raise _bad("bad_text", f"`texts` must hold strings, got {type(t).__name__}")
-            check_text(t, limits, field="texts[]")
+            check_text(check_unicode(t, "texts[]"), limits, field="texts[]")
         return "text", list(items)
-    return "image", [decode_upload(decode_b64(b, field_name="images_b64[]"), limits) for b in items]
-
-
-_FILTERS_SCHEMA = {
-    "type": "object",
-    "additionalProperties": True,
-    "description": "column -> value, [values] or {op: value} with op in eq, ne, in, not_in",
-    "example": {"shape": "circle"},
-}
-SEARCH_JSON_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "description": "Exactly one of text, image_b64 or embedding.",
-    "properties": {
-        "text": {"type": "string", "example": "a red circle"},
-        "image_b64": {"type": "string", "description": "an image file, base64-encoded"},
-        "embedding": {"type": "array", "items": {"type": "number"}},
-        "k": {"type": "integer", "default": DEFAULT_K},
-        "filters": _FILTERS_SCHEMA,
-        "index": {"type": "string", "description": "index name (GET /indices); default: the first"},
-    },
-}
-SEARCH_FORM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "text": {"type": "string"},
-        "image": {"type": "string", "format": "binary"},
-        "k": {"type": "integer"},
-        "filters": {"type": "string", "description": "a JSON object"},
-        "index": {"type": "string"},
-    },
-}
-ITEMS_JSON_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "description": "Exactly one of texts or images_b64.",
-    "properties": {
-        "texts": {"type": "array", "items": {"type": "string"}},
-        "images_b64": {"type": "array", "items": {"type": "string"}},
-    },
-}
+    budget = PixelBudget(limits.max_pixels)
+    return "image", [decode_upload(decode_b64(b, field_name="images_b64[]"), limits, budget) for b in items]

@@ -32,6 +32,7 @@ __all__ = [
     "config_options",
     "config_args",
     "packaged_config",
+    "serve_http_host",
 ]
 
 SEARCH_APP = "raylens_services.search:build_app"
@@ -46,6 +47,7 @@ _OPTION_KEYS = (
     "max_queued_requests",
     "graceful_shutdown_timeout_s",
     "health_check_period_s",
+    "health_check_timeout_s",
 )
 
 
@@ -163,6 +165,19 @@ def wait_ready(url: str, timeout_s: float = 120.0, headers: dict[str, str] | Non
             last = repr(e)
         time.sleep(0.5)
     raise TimeoutError(f"{url} not ready after {timeout_s}s (last: {last})")
+
+
+async def serve_http_host() -> str | None:
+    """The address Serve's HTTP proxy binds (``http_options.host``), asked of the Serve controller from
+    inside a replica; None when it cannot be told (callers then treat it as public: fail closed)."""
+    try:
+        import ray
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return (await controller.get_http_config.remote()).host
+    except Exception:  # noqa: BLE001 - a private API: any failure means "unknown"
+        return None
 
 
 def replica_counts(app_name: str) -> dict[str, int]:

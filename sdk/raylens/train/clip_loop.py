@@ -8,14 +8,11 @@ in DDP and the loss gathers features from every worker, so each step sees global
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import logging
 import math
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,10 +20,12 @@ import torch
 
 from raylens.models import ClipModel, create_model
 from raylens.models.clip import open_clip_arch
-from raylens.runtime import pick_device
+from raylens.train import checkpointing
+from raylens.train.checkpointing import CURVES_PNG, HISTORY_CSV, HISTORY_FILE, TRAIN_STATE_FILE
 from raylens.train.config import ClipTrainConfig
 from raylens.train.context import TrainContext
 from raylens.train.losses import SIGLIP_INIT_BIAS, SIGLIP_INIT_SCALE, make_loss
+from raylens.train.result import TrainResult
 
 __all__ = [
     "train_clip",
@@ -42,29 +41,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("raylens.train")
-HISTORY_CSV = "history.csv"
-CURVES_PNG = "curves.png"
 Evaluator = Callable[[ClipModel], dict[str, Any]]
-
-TRAIN_STATE_FILE = "train_state.pt"
-HISTORY_FILE = "history.json"
 EpochBatches = Callable[[int], Iterable[dict[str, np.ndarray]]]
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced."""
-
-    checkpoint: Path | None
-    """The final checkpoint directory (model.safetensors, config.json, history.json)."""
-    history: list[dict[str, Any]] = field(default_factory=list)
-    """One dict per logged step: step, epoch, loss, lr, samples_per_s."""
-    steps: int = 0
-    seconds: float = 0.0
-
-    @property
-    def final_loss(self) -> float:
-        return float(self.history[-1]["loss"]) if self.history else float("nan")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -98,40 +76,6 @@ def _endless(epoch_batches: EpochBatches, start_epoch: int) -> Iterator[tuple[in
         if empty:
             raise ValueError("the training data yielded no batch: is the dataset smaller than one batch per worker?")
         epoch += 1
-
-
-def _save(
-    model: ClipModel,
-    opt,
-    sched,
-    scaler,
-    step: int,
-    epoch: int,
-    cfg: ClipTrainConfig,
-    history: list[dict[str, Any]],
-    directory: Path,
-    run: dict[str, Any] | None,
-) -> Path:
-    """A checkpoint: weights + config (model, train config, run options), optimizer/scheduler/scaler
-    state, and the history so far as JSON, CSV and a PNG of the curves."""
-    from raylens.viz import plot_training_curve, write_history_csv
-
-    model.save(directory, extra={"train": cfg.to_dict(), "run": run or {}, "step": step, "epoch": epoch})
-    torch.save(
-        {
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "step": step,
-            "epoch": epoch,
-        },
-        directory / TRAIN_STATE_FILE,
-    )
-    (directory / HISTORY_FILE).write_text(json.dumps(history))
-    if history:
-        write_history_csv(history, directory / HISTORY_CSV)
-        plot_training_curve(history, directory / CURVES_PNG, title=f"{cfg.model} ({cfg.loss} loss), step {step}")
-    return directory
 
 
 def build_model(cfg: ClipTrainConfig, device: torch.device) -> ClipModel:
@@ -210,32 +154,23 @@ def train_clip(
 
     ``epoch_batches(epoch)`` returns one epoch's batches (it is called again for every epoch); each
     optimizer step takes ``cfg.accum_steps`` of them. ``evaluator(model) -> metrics`` runs on rank 0
-    every ``cfg.eval_every`` steps and at the end; its metrics join the history. ``run`` (the Ray
-    options, say) is saved in every checkpoint's ``config.json`` beside the train config.
-    Resumes from ``ctx.latest_checkpoint()`` when there is one: weights, optimizer, schedule,
-    grad scaler, step and history.
+    every ``cfg.eval_every`` steps and at the end; its metrics join the history. ``run`` (default
+    ``ctx.run``: the Ray options, say) is saved in every checkpoint's ``config.json`` beside the train
+    config. Resumes from ``ctx.latest_checkpoint()`` when there is one (weights, optimizer, schedule,
+    grad scaler, step and history; see :mod:`raylens.train.checkpointing`) and checkpoints every
+    ``cfg.checkpoint_every`` steps and at the end.
     """
     torch.manual_seed(cfg.seed + ctx.rank)
-    device = torch.device(pick_device())
+    device = torch.device(ctx.device)
+    run = dict(ctx.run) if run is None else run
     clip = build_model(cfg, device)
     opt = torch.optim.AdamW(param_groups(clip.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg))
     autocast, scaler = autocast_for(cfg.precision, device)
-    step, epoch, history = 0, 0, []
-    resume = ctx.latest_checkpoint()
-    if resume is not None:
-        from safetensors.torch import load_file
-
-        clip.model.load_state_dict(load_file(str(Path(resume) / "model.safetensors"), device=str(device)))
-        state = torch.load(Path(resume) / TRAIN_STATE_FILE, map_location=device, weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        step, epoch = int(state["step"]), int(state["epoch"]) + 1
-        hist_file = Path(resume) / HISTORY_FILE
-        history = json.loads(hist_file.read_text()) if hist_file.is_file() else []
-        log.info("resumed from %s at step %d", resume, step)
+    step, epoch, history, final_dir = 0, 0, [], None
+    resumed = checkpointing.resume(ctx, clip.model, opt, scheduler=sched, scaler=scaler, device=device)
+    if resumed is not None:
+        step, epoch, history, final_dir = resumed.step, resumed.next_epoch, resumed.history, resumed.path
 
     net: torch.nn.Module = clip.model
     if ctx.world_size > 1:
@@ -247,7 +182,6 @@ def train_clip(
     net.train()
     t_start = t_log = time.perf_counter()
     samples_since_log, running = 0, []
-    final_dir = None
     micro: list[tuple[torch.Tensor, torch.Tensor]] = []
     for epoch, batch in _endless(epoch_batches, epoch):  # noqa: B020 - resumes at the saved epoch
         if step >= cfg.max_steps:
@@ -300,12 +234,24 @@ def train_clip(
             running, samples_since_log = [], 0
             if on_step is not None and ctx.rank == 0:
                 on_step(metrics)
-            want_ckpt = last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
-            if want_ckpt and ctx.rank == 0:
-                with tempfile.TemporaryDirectory(prefix="raylens-ckpt-") as tmp:
-                    _save(clip, opt, sched, scaler, step, epoch, cfg, history, Path(tmp), run)
-                    ctx.report(metrics, checkpoint_dir=tmp)
-                    final_dir = ctx.latest_checkpoint()
+            if checkpointing.checkpoint_due(step, cfg.checkpoint_every, last=last):
+                kept = checkpointing.report(
+                    ctx,
+                    metrics,
+                    write=functools.partial(
+                        checkpointing.write_checkpoint,
+                        model=clip,
+                        optimizer=opt,
+                        scheduler=sched,
+                        scaler=scaler,
+                        step=step,
+                        epoch=epoch,
+                        history=history,
+                        extra={"train": cfg.to_dict(), "run": run},
+                        title=f"{cfg.model} ({cfg.loss} loss), step {step}",
+                    ),
+                )
+                final_dir = kept or final_dir
             else:
                 ctx.report(metrics)
             t_log = time.perf_counter()  # eval and checkpoint time stays out of samples/s

@@ -17,15 +17,15 @@ class ClipTrainConfig:
     """How to train a CLIP model with the contrastive loss (one worker or many)."""
 
     model: str = "clip-tiny"
-    """Registry or open_clip architecture name (see ``raylens.models.list_models()``)."""
+    """Model name: ours or any open_clip architecture (``raylens models`` lists them)."""
     pretrained: str | None = None
     """Start from these weights: a raylens checkpoint dir, a weights file, or an open_clip tag."""
-    max_steps: int = 400
+    max_steps: int = 600
     """Optimizer steps in total (every worker runs all of them)."""
     batch_size: int = 64
     """Images per worker per step; the contrastive batch is ``batch_size * world_size``."""
-    lr: float = 2e-3
-    """Peak learning rate of the cosine schedule."""
+    lr: float = 3e-3
+    """Peak learning rate of the cosine schedule (after the linear warm-up)."""
     warmup_steps: int = 30
     """Linear warm-up steps before the cosine decay."""
     weight_decay: float = 0.1
@@ -57,9 +57,11 @@ class ClipTrainConfig:
     lock_image: bool = False
     """Freeze the image tower (LiT-style fine-tuning); ``lock_image_unlocked_groups`` last groups stay trainable."""
     lock_image_unlocked_groups: int = 0
+    """With ``lock_image``: how many of the image tower's last layer groups stay trainable."""
     lock_text: bool = False
     """Freeze the text tower; ``lock_text_unlocked_layers`` last layers stay trainable."""
     lock_text_unlocked_layers: int = 0
+    """With ``lock_text``: how many of the text tower's last layers stay trainable."""
     eval_every: int = 0
     """Evaluate (zero-shot accuracy, retrieval recall) every N steps and at the end; 0: only at the
     end when eval data is given."""

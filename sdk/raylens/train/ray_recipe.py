@@ -1,6 +1,7 @@
 """`raylens train`: a data spec in, a trained CLIP checkpoint, curves and a summary out.
 
-Opens the training (and optional eval) source with Ray Data, trains with Ray Train (:func:`fit_clip`),
+Opens the training (and optional eval) source with Ray Data, trains with Ray Train (:func:`fit_clip`,
+the CLIP loop in the one wrapper :func:`raylens.train.ray_fit.fit`),
 prints the final metrics and the ingest report, and draws the curves and, for labelled eval data,
 a zero-shot confusion matrix.
 """
@@ -14,18 +15,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from raylens.data.ray_sources import open_source
-from raylens.train.clip_loop import TrainResult
+from raylens.data.sources import open_source
 from raylens.train.config import ClipTrainConfig
-from raylens.train.ray_clip import RayTrainOptions, fit_clip
+from raylens.train.options import RayTrainOptions
+from raylens.train.ray_clip import fit_clip
+from raylens.train.result import TrainResult
 
-__all__ = ["TrainJob", "run_train_job"]
+__all__ = ["TrainJob", "run_train_job", "final_table", "write_run_outputs"]
 
 
 @dataclass
 class TrainJob:
     train: str
-    """Training data spec (see :func:`raylens.data.ray_sources.open_source`)."""
+    """Training data spec (see :func:`raylens.data.sources.open_source`)."""
     eval: str | None = None
     """Eval data spec; ``digits`` evaluates on the held-out digits. None: no evaluation."""
     train_split: str | None = None
@@ -39,7 +41,8 @@ class TrainJob:
     randaugment: bool = False
 
 
-def _final_table(result: TrainResult) -> Table:
+def final_table(result: TrainResult) -> Table:
+    """The last reported metrics as a table (every training kind prints one at the end)."""
     last = result.history[-1]
     table = Table(title="final metrics", title_justify="left", show_edge=False)
     table.add_column("metric")
@@ -48,6 +51,19 @@ def _final_table(result: TrainResult) -> Table:
         if k not in ("epoch",):
             table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     return table
+
+
+def write_run_outputs(result: TrainResult, workdir: str | Path, *, title: str) -> list[Path]:
+    """``curves.png`` and ``history.csv`` of the whole run in ``workdir``; returns the files written."""
+    from raylens.train.curves import plot_curves
+    from raylens.viz import write_history_csv
+
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    return [
+        plot_curves(result.history, work / "curves.png", title=title),
+        write_history_csv(result.history, work / "history.csv"),
+    ]
 
 
 def _confusion_png(checkpoint: Path, cfg: ClipTrainConfig, eval_ds: Any, classes: list[str], out: Path) -> Path:
@@ -74,7 +90,6 @@ def run_train_job(
     """Train as ``job`` says; returns the result and leaves curves (+ confusion matrix) in ``job.workdir``."""
     from raylens.models import create_model
     from raylens.runtime import init_ray
-    from raylens.viz import plot_training_curve, write_history_csv
 
     console = console or Console()
     init_ray()
@@ -108,15 +123,12 @@ def run_train_job(
         + (f"; eval on {evals.name}" if evals else "")
     )
     result = fit_clip(train.dataset, cfg, opts, eval_ds=evals.dataset if evals else None)
-    if train.report is not None:
-        console.print(f"[green]ingest[/green] {train.report().summary()}")
+    console.print(f"[green]ingest[/green] {train.report().summary()}")
     if not result.history:
         raise RuntimeError("training reported nothing: see the worker errors above")
     work = Path(job.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    console.print(_final_table(result))
-    pictures = [plot_training_curve(result.history, work / "curves.png", title=f"{cfg.model} on {train.name}")]
-    write_history_csv(result.history, work / "history.csv")
+    console.print(final_table(result))
+    pictures = write_run_outputs(result, work, title=f"{cfg.model} on {train.name}")[:1]
     if evals is not None and cfg.zeroshot_classes:
         pictures.append(
             _confusion_png(result.checkpoint, cfg, evals.dataset, cfg.zeroshot_classes, work / "confusion.png")

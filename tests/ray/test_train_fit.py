@@ -1,0 +1,63 @@
+"""The one Ray Train wrapper's pieces that need no cluster: checkpoints found on local storage are used
+in place, remote ones are downloaded once into one folder that is removed at the end; bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+
+def _checkpoint_dir(root, step: int):
+    d = root / f"checkpoint_{step}"
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"weights %d" % step)
+    (d / "history.json").write_text(f'[{{"step": {step}}}]')
+    return d
+
+
+def test_local_checkpoints_are_used_in_place(tmp_path):
+    from ray.train import Checkpoint
+
+    from raylens.train.ray_fit import CheckpointCache
+
+    cache = CheckpointCache()
+    d = _checkpoint_dir(tmp_path, 1)
+    assert cache.local_path(Checkpoint.from_directory(str(d))) == d
+    assert cache.downloads == 0 and cache.directory is None
+    cache.close()
+    assert d.is_dir()  # closing never touches the run's own checkpoints
+
+
+def test_remote_checkpoints_are_downloaded_once_into_one_folder_removed_on_close(tmp_path):
+    from pyarrow.fs import LocalFileSystem, SubTreeFileSystem
+    from ray.train import Checkpoint
+
+    from raylens.train.ray_fit import CheckpointCache
+
+    storage = tmp_path / "bucket"
+    _checkpoint_dir(storage, 1), _checkpoint_dir(storage, 2)
+    remote = SubTreeFileSystem(str(storage), LocalFileSystem())  # not "local" to pyarrow: like S3 or GCS
+    cache = CheckpointCache()
+    first = cache.local_path(Checkpoint("checkpoint_1", filesystem=remote))
+    assert (first / "model.safetensors").read_bytes() == b"weights 1" and not first.is_relative_to(storage)
+    assert cache.local_path(Checkpoint("checkpoint_1", filesystem=remote)) == first and cache.downloads == 1
+    newer = cache.local_path(Checkpoint("checkpoint_2", filesystem=remote))
+    assert newer == first and cache.downloads == 2  # the same folder, now holding the newer checkpoint
+    assert (newer / "model.safetensors").read_bytes() == b"weights 2"
+    assert sorted(p.name for p in newer.iterdir()) == ["history.json", "model.safetensors"]
+    cache.close()
+    assert not first.exists() and cache.directory is None
+    assert (storage / "checkpoint_2" / "model.safetensors").is_file()
+
+
+def test_fit_names_bad_arguments():
+    from raylens.train.options import RayTrainOptions
+    from raylens.train.ray_fit import fit
+
+    with pytest.raises(ValueError, match="`split` names \\['train'\\]"):
+        fit(print, {}, {"eval": object()}, RayTrainOptions(num_workers=1))
+    with pytest.raises(TypeError, match="`loop` must be a function"):
+        fit("train_clip", {}, {}, split=())
+    with pytest.raises(TypeError, match="`opts` must be a RayTrainOptions"):
+        fit(print, {}, {}, {"num_workers": 2}, split=())
