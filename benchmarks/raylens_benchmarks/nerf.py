@@ -116,15 +116,17 @@ def train_for(
     }
 
 
-@register_benchmark("nerf", doc="Fast NeRF vs vanilla NeRF: time to vanilla's final PSNR, rays/s, share of machine limits.")
+@register_benchmark(
+    "nerf", doc="Fast NeRF vs vanilla NeRF: time to vanilla's final PSNR, rays/s, share of machine limits."
+)
 def bench_nerf(quick: bool = False, workdir: Path | None = None) -> BenchResult:
     import tempfile
 
     import torch
 
     from raylens.models import read_checkpoint
-    from raylens_domains.multiview.readers import read_frames
     from raylens_domains.multiview.rays import frames_to_rays
+    from raylens_domains.multiview.readers import read_frames
     from raylens_domains.multiview.scene import generate_scene
     from raylens_domains.multiview.train import eval_views_from_frames, scene_record
 
@@ -139,10 +141,19 @@ def bench_nerf(quick: bool = False, workdir: Path | None = None) -> BenchResult:
     rays = frames_to_rays(train.frames)
     bounds = machine_bounds()
 
-    vanilla = train_for("nerf-vanilla", rays, views, scene, seconds=budget, eval_every_s=eval_every, batch_rays=1024, workdir=workdir)
+    vanilla = train_for(
+        "nerf-vanilla", rays, views, scene, seconds=budget, eval_every_s=eval_every, batch_rays=1024, workdir=workdir
+    )
     target = float(vanilla["final_psnr"])
     fast = train_for(
-        "nerf-fast", rays, views, scene, seconds=budget, eval_every_s=eval_every / 4, target_psnr=target, workdir=workdir
+        "nerf-fast",
+        rays,
+        views,
+        scene,
+        seconds=budget,
+        eval_every_s=eval_every / 4,
+        target_psnr=target,
+        workdir=workdir,
     )
     reached = fast["final_psnr"] is not None and fast["final_psnr"] >= target
     t_fast = next((h["time_s"] for h in fast["history"] if h.get("val_psnr", -1) >= target), fast["time_s"])
@@ -183,7 +194,10 @@ def bench_nerf(quick: bool = False, workdir: Path | None = None) -> BenchResult:
             },
             "final_psnr": {"nerf-fast": round(fast["final_psnr"], 2), "nerf-vanilla": round(target, 2)},
             "fast_samples_per_ray": round(fast["samples_per_ray"], 1),
-            "machine_bounds": {"matmul_flops": round(bounds["flops"]), "copy_bytes_per_s": round(bounds["bytes_per_s"])},
+            "machine_bounds": {
+                "matmul_flops": round(bounds["flops"]),
+                "copy_bytes_per_s": round(bounds["bytes_per_s"]),
+            },
             "fast_step": {
                 "flops_per_step": round(cost["flops"]),
                 "bytes_per_step": round(cost["bytes"]),

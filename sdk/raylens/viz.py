@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_training_curve", "plot_search_grid", "plot_confusion", "write_history_csv"]
+__all__ = ["plot_search_grid", "plot_confusion", "write_history_csv"]
 
 
 def _plt():
@@ -39,42 +39,6 @@ def write_history_csv(history: Sequence[dict[str, Any]], path: str | Path) -> Pa
         w.writeheader()
         w.writerows(history)
     return path
-
-
-EVAL_PREFIXES = ("zeroshot_", "i2t_R@", "t2i_R@")
-
-
-def plot_training_curve(history: Sequence[dict[str, Any]], path: str | Path, *, title: str = "CLIP training") -> Path:
-    """Loss (and learning rate) against step, as a PNG; eval metrics (zero-shot accuracy, recall@K),
-    when the history has them, in a second panel."""
-    if not history:
-        raise ValueError("history is empty: nothing to plot")
-    plt = _plt()
-    steps = [h["step"] for h in history]
-    evals = [k for k in dict.fromkeys(k for h in history for k in h) if k.startswith(EVAL_PREFIXES)]
-    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(12 if evals else 7, 4), dpi=110, squeeze=False)
-    ax = axes[0][0]
-    ax.plot(steps, [h["loss"] for h in history], color="tab:blue", lw=2, label="contrastive loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss", color="tab:blue")
-    ax.grid(alpha=0.3)
-    if "lr" in history[0]:
-        ax2 = ax.twinx()
-        ax2.plot(steps, [h["lr"] for h in history], color="tab:orange", lw=1, ls="--", label="learning rate")
-        ax2.set_ylabel("learning rate", color="tab:orange")
-    ax.set_title(title)
-    if evals:
-        ax = axes[0][1]
-        for k in evals:
-            pts = [(h["step"], h[k]) for h in history if k in h]
-            ax.plot(*zip(*pts), marker="o", ms=3, lw=2 if k == "zeroshot_top1" else 1, label=k)
-        ax.set_xlabel("step")
-        ax.set_ylabel("held-out metric")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2, loc="lower right")
-        ax.set_title("evaluation")
-    return _save(plt, fig, path)
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | Path, *, title: str = "confusion") -> Path:

@@ -42,7 +42,17 @@ from raylens.serve.http import install_error_handlers, json_error, read_body, re
 from raylens.serve.limits import ServeError, ServeLimits, check_batch, check_pixels
 from raylens.serve.observe import quiet_client_errors
 
-__all__ = ["api", "LookAt", "Camera", "RenderRequest", "BatchRequest", "NerfRenderer", "RenderIngress", "build_app", "CHECKPOINTS_ENV"]
+__all__ = [
+    "api",
+    "LookAt",
+    "Camera",
+    "RenderRequest",
+    "BatchRequest",
+    "NerfRenderer",
+    "RenderIngress",
+    "build_app",
+    "CHECKPOINTS_ENV",
+]
 
 log = logging.getLogger("raylens.services.render")
 CHECKPOINTS_ENV = "RAYLENS_RENDER_CHECKPOINTS"
@@ -185,7 +195,9 @@ class RenderIngress:
         except json.JSONDecodeError as e:
             raise ServeError(400, "bad_json", f"the body is not JSON ({e.msg}); send a JSON object") from None
         except ValueError as e:  # pydantic's ValidationError
-            raise ServeError(422, "invalid_request", f"the request does not match the API: {e}".splitlines()[0]) from None
+            raise ServeError(
+                422, "invalid_request", f"the request does not match the API: {e}".splitlines()[0]
+            ) from None
 
     async def _cameras(self, name: str | None, cameras: list[Camera]) -> tuple[str, list[dict[str, Any]]]:
         check_batch(len(cameras), self.limits)
@@ -212,7 +224,11 @@ class RenderIngress:
         try:
             require_api_key(request)
             info = await self.renderer.info.remote()
-            return {"ready": bool(info["checkpoints"]), "checkpoints": sorted(info["checkpoints"]), "problems": info["problems"]}
+            return {
+                "ready": bool(info["checkpoints"]),
+                "checkpoints": sorted(info["checkpoints"]),
+                "problems": info["problems"],
+            }
         except Exception as exc:  # noqa: BLE001 - every failure is a JSON error
             return json_error(exc, logger=log)
 

@@ -22,8 +22,8 @@ def checkpoint(tmp_path_factory):
     import torch
 
     from raylens.train.context import LocalContext
-    from raylens_domains.multiview.readers import read_frames
     from raylens_domains.multiview.rays import frames_to_rays
+    from raylens_domains.multiview.readers import read_frames
     from raylens_domains.multiview.scene import generate_scene
     from raylens_domains.multiview.train import NerfTrainConfig, random_ray_batches, scene_record, train_nerf
 
@@ -31,9 +31,16 @@ def checkpoint(tmp_path_factory):
     generate_scene(root / "scene", n_train=6, n_val=0, n_test=1, size=16, seed=4)
     got = read_frames(root / "scene", split="train")
     scene = scene_record(got.info, np.stack([f.c2w for f in got.frames]), got.frames[0].intrinsics, "scene")
-    cfg = NerfTrainConfig(model_args={"resolution": 16, "start_resolution": 16, "features": 4, "hidden": 8}, max_steps=4, batch_rays=128)
+    cfg = NerfTrainConfig(
+        model_args={"resolution": 16, "start_resolution": 16, "features": 4, "hidden": 8}, max_steps=4, batch_rays=128
+    )
     torch.manual_seed(0)
-    result = train_nerf(cfg, LocalContext(storage=root / "runs", device="cpu"), random_ray_batches(frames_to_rays(got.frames), 128), scene=scene)
+    result = train_nerf(
+        cfg,
+        LocalContext(storage=root / "runs", device="cpu"),
+        random_ray_batches(frames_to_rays(got.frames), 128),
+        scene=scene,
+    )
     return result.checkpoint
 
 
@@ -117,5 +124,7 @@ def test_bad_requests_get_4xx_json_errors(service, path, body, status, code):
 
 
 def test_a_body_that_is_not_json(service):
-    r = requests.post(f"{service['url']}/render", data=b"{not json", headers={"content-type": "application/json"}, timeout=60)
+    r = requests.post(
+        f"{service['url']}/render", data=b"{not json", headers={"content-type": "application/json"}, timeout=60
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_json"

@@ -384,21 +384,32 @@ def test_ab_split_counts_and_per_version_models(service):
 
 
 def _swap(service, indices: dict[str, str], until) -> list[dict]:
-    """Redeploy the config with the IndexServer's user_config set to ``indices``; poll /indices (every
-    answer kept) until ``until(answer)``."""
+    """Redeploy the config with the IndexServer's user_config set to ``indices`` while a poller asks
+    /indices all along (``serve run`` itself takes seconds); every answer is kept, up to the first one
+    for which ``until(answer)`` holds."""
     from raylens.serve.ray_apps import run_config
 
     cfg = json.loads(json.dumps(service["config"]))
     index_server = next(d for d in cfg["applications"][0]["deployments"] if d["name"] == "IndexServer")
     index_server["user_config"] = {"indices": indices}
+    answers: list[dict] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            answers.append(requests.get(f"{service['url']}/indices", headers=AUTH, timeout=60).json())
+            if until(answers[-1]):
+                done.set()
+                return
+            time.sleep(0.02)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
     run_config(cfg)  # only a user_config changed: the replica reconfigures in place
-    answers, deadline = [], time.monotonic() + 180
-    while time.monotonic() < deadline:
-        answers.append(requests.get(f"{service['url']}/indices", headers=AUTH, timeout=60).json())
-        if until(answers[-1]):
-            return answers
-        time.sleep(0.05)
-    raise AssertionError(f"the swap did not finish: {answers[-1]}")
+    poller.join(timeout=300)
+    assert done.is_set(), f"the swap did not finish: {answers[-1] if answers else None}"
+    return answers
 
 
 def test_index_swap_keeps_serving_while_the_new_index_loads_and_drops_no_request(service, assets):

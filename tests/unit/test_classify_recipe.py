@@ -21,6 +21,7 @@ from raylens.train.classify_loop import (
     ArrayBatches,
     EarlyStopping,
     ModelEMA,
+    autocast_for,
     classification_loss,
     decay_groups,
     inverse_frequency_weights,
@@ -294,3 +295,24 @@ def test_bad_loop_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="trained on no batch"):
         train_classifier(_cfg(), lambda epoch: [], ctx, classes=CLASSES, steps_per_epoch=1)
     assert math.isfinite(warmup_cosine(0, 1, 0))
+
+
+def test_precision_auto_is_fp32_on_cpu_and_bf16_autocasts():
+    net = torch.nn.Linear(4, 2)
+    x = torch.randn(3, 4)
+    autocast, scaler = autocast_for("auto", torch.device("cpu"))
+    with autocast():
+        assert net(x).dtype == torch.float32
+    autocast, scaler = autocast_for("bf16", torch.device("cpu"))
+    with autocast():
+        assert net(x).dtype == torch.bfloat16
+    assert scaler is None and autocast_for("fp16", torch.device("cpu"))[1] is None  # fp16 needs a GPU
+
+
+@pytest.mark.gpu
+def test_the_loop_autocasts_in_bf16_on_a_gpu():
+    result = train_classifier(_cfg(epochs=2), _blobs(64), LocalContext(device="cuda"), classes=CLASSES, val=_blobs(32, seed=1))
+    assert result.val_metrics.top1 > 0.8 and next(result.model.parameters()).device.type == "cuda"
+    autocast, scaler = autocast_for("auto", torch.device("cuda"))
+    with autocast():
+        assert result.model(torch.zeros(2, 3, 8, 8, device="cuda")).dtype in (torch.bfloat16, torch.float16)

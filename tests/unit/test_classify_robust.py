@@ -84,3 +84,31 @@ def test_bad_input_is_named(digits_model):
         robust_accuracy(model, x, y, attacks=("cw",))
     with pytest.raises(ValueError, match="`fraction` must be in"):
         PgdBatchTransform(fraction=0.0)
+
+
+def test_adversarial_training_is_a_recipe_option(tmp_path):
+    import numpy as np
+
+    from raylens.classify.robust import fgsm_batch_transform
+    from raylens.train import LocalContext
+    from raylens.train.classify_config import ClassifyTrainConfig
+    from raylens.train.classify_loop import resolve_batch_transform, train_classifier
+
+    t = resolve_batch_transform("pgd", {"eps": 0.02, "steps": 2}, mean=[0.5] * 3, std=[0.5] * 3)
+    assert isinstance(t, PgdBatchTransform) and (t.eps, t.steps, t.mean) == (0.02, 2, (0.5, 0.5, 0.5))
+    f = fgsm_batch_transform(0.02)
+    assert (f.steps, f.step_size, f.random_start) == (1, 0.02, False)
+    rng = np.random.default_rng(0)
+    data = {"image": rng.normal(size=(64, 3, 8, 8)).astype("float32"), "label": rng.integers(0, 2, 64)}
+    cfg = ClassifyTrainConfig(
+        model="small_cnn",
+        model_kwargs={"width": 4},
+        epochs=1,
+        batch_size=32,
+        warmup_epochs=0,
+        image_size=8,
+        adversarial="pgd",
+        adversarial_args={"eps": 0.03, "steps": 1},
+    )
+    result = train_classifier(cfg, data, LocalContext(storage=tmp_path, device="cpu"), classes=["a", "b"])
+    assert result.steps == 2 and np.isfinite(result.history[-1]["loss"])

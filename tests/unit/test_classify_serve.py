@@ -103,3 +103,40 @@ def test_the_deployment_warms_up_swaps_on_promotion_and_counts(compressed):
 def test_warm_up_runs_each_batch_size(compressed):
     clf = load_classifier(compressed["report"].directories["int8"])
     assert warm_up(clf, (1, 4)) > 0
+
+
+def test_the_command_line_explains_and_attacks_and_names_mistakes(compressed, tmp_path):
+    from typer.testing import CliRunner
+
+    from raylens.cli_classify_tools import classify_app
+
+    runner = CliRunner()
+
+    def said(result) -> str:  # the error box's text on one line
+        return " ".join(result.output.replace("│", " ").split())
+
+    original, dirs = str(compressed["original"]), compressed["report"].directories
+    r = runner.invoke(
+        classify_app, ["explain", original, "digits:heldout", "--n", "4", "--out", str(tmp_path / "cam.png")]
+    )
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "cam.png").read_bytes()[:4] == b"\x89PNG"
+    out = tmp_path / "attack.json"
+    r = runner.invoke(
+        classify_app,
+        ["attack", original, "digits:heldout", "--eps", "0,8/255", "--steps", "2", "--limit", "16", "--json", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())
+    assert [(x["attack"], round(x["eps"], 4)) for x in rows] == [
+        ("fgsm", 0.0),
+        ("fgsm", 0.0314),
+        ("pgd", 0.0),
+        ("pgd", 0.0314),
+    ]
+    r = runner.invoke(classify_app, ["attack", dirs["int8"], "digits"])
+    assert r.exit_code != 0 and "ONNX Runtime model" in said(r)
+    r = runner.invoke(classify_app, ["attack", original, "digits", "--eps", "8"])
+    assert r.exit_code != 0 and "outside [0, 1]" in said(r)
+    r = runner.invoke(classify_app, ["explain", original, str(tmp_path / "nowhere")])
+    assert r.exit_code != 0 and "class folder" in said(r)

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from raylens.cli import app
 from raylens.train.context import LocalContext
 from raylens_domains.multiview.nerf_backend import build_nerfstudio_job
-from raylens_domains.multiview.readers import read_frames
 from raylens_domains.multiview.rays import frames_to_rays
+from raylens_domains.multiview.readers import read_frames
 from raylens_domains.multiview.scene import generate_scene
 from raylens_domains.multiview.train import NerfTrainConfig, random_ray_batches, scene_record, train_nerf
 
@@ -34,7 +34,12 @@ def trained(tmp_path_factory):
         model_args={"resolution": 16, "start_resolution": 16, "features": 4, "hidden": 8}, max_steps=4, batch_rays=128
     )
     torch.manual_seed(0)
-    result = train_nerf(cfg, LocalContext(storage=root / "runs", device="cpu"), random_ray_batches(frames_to_rays(got.frames), 128), scene=scene)
+    result = train_nerf(
+        cfg,
+        LocalContext(storage=root / "runs", device="cpu"),
+        random_ray_batches(frames_to_rays(got.frames), 128),
+        scene=scene,
+    )
     return {"capture": capture, "checkpoint": result.checkpoint, "root": root}
 
 
@@ -52,7 +57,20 @@ def test_render_a_pose_and_a_look_at_camera(trained, tmp_path):
 
 
 def test_render_a_turntable_video(trained, tmp_path):
-    r = runner.invoke(app, ["render", str(trained["checkpoint"]), "--turntable", "--frames", "6", "--width", "16", "--out", str(tmp_path / "t.mp4")])
+    r = runner.invoke(
+        app,
+        [
+            "render",
+            str(trained["checkpoint"]),
+            "--turntable",
+            "--frames",
+            "6",
+            "--width",
+            "16",
+            "--out",
+            str(tmp_path / "t.mp4"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     written = [p for p in tmp_path.iterdir() if p.stem == "t"]
     assert written and written[0].stat().st_size > 0 and written[0].suffix in (".mp4", ".gif")
@@ -83,7 +101,9 @@ def test_render_refuses_a_checkpoint_of_another_kind(tmp_path):
 
 
 def test_train_nerf_dry_run_shows_the_resolved_config(trained):
-    r = runner.invoke(app, ["train", "nerf", str(trained["capture"]), "--steps", "50", "--model", "nerf-vanilla", "--dry-run"])
+    r = runner.invoke(
+        app, ["train", "nerf", str(trained["capture"]), "--steps", "50", "--model", "nerf-vanilla", "--dry-run"]
+    )
     assert r.exit_code == 0, r.output
     assert "max_steps: 50" in r.output and "model: nerf-vanilla" in r.output and "num_workers: 2" in r.output
 
@@ -95,7 +115,9 @@ def test_nerfstudio_job_entrypoint_and_runtime_env(trained):
     assert args[args.index("--data") + 1] == "." and args[args.index("--max-num-iterations") + 1] == "2000"
     env = job.runtime_env
     assert env["working_dir"] == str(trained["capture"].resolve())
-    assert env["pip"]["packages"] == ["nerfstudio>=1.1,<1.2"] and not any("raylens" in p for p in env["pip"]["packages"])
+    assert env["pip"]["packages"] == ["nerfstudio>=1.1,<1.2"] and not any(
+        "raylens" in p for p in env["pip"]["packages"]
+    )
     assert job.entrypoint_num_gpus == 1
     kw = job.submit_kwargs()
     assert set(kw) == {"entrypoint", "runtime_env", "entrypoint_num_gpus", "entrypoint_num_cpus", "metadata"}

@@ -45,7 +45,12 @@ def test_rays_do_not_leak_into_each_other_and_empty_rays_show_the_background():
     # ray 0: opaque red; ray 1: no samples; ray 2: half-transparent green
     a = 1 - math.exp(-0.5)
     out = _render(
-        [1e4, 1e4, 5.0], [[1, 0, 0], [1, 0, 0], [0, 1, 0]], [1.0, 1.0, 0.1], [1.0, 2.0, 1.0], [0, 0, 2], 3,
+        [1e4, 1e4, 5.0],
+        [[1, 0, 0], [1, 0, 0], [0, 1, 0]],
+        [1.0, 1.0, 0.1],
+        [1.0, 2.0, 1.0],
+        [0, 0, 2],
+        3,
         background=[1, 1, 1],
     )
     torch.testing.assert_close(out.opacity, torch.tensor([1.0, 0.0, a]))
@@ -57,7 +62,9 @@ def test_rays_do_not_leak_into_each_other_and_empty_rays_show_the_background():
 def test_zero_density_renders_the_background_and_gradients_flow():
     sig = torch.zeros(4, requires_grad=True)
     rgb = torch.full((4, 3), 0.5, requires_grad=True)
-    out = volume_render(sig, rgb, torch.full((4,), 0.1), torch.arange(4.0), torch.tensor([0, 0, 1, 1]), 2, torch.zeros(3))
+    out = volume_render(
+        sig, rgb, torch.full((4,), 0.1), torch.arange(4.0), torch.tensor([0, 0, 1, 1]), 2, torch.zeros(3)
+    )
     torch.testing.assert_close(out.rgb, torch.zeros(2, 3))
     out.rgb.sum().backward()
     assert sig.grad is not None and bool((sig.grad > 0).all())  # more density would add grey over black

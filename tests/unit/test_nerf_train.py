@@ -11,8 +11,8 @@ import torch
 
 from raylens.models import load_model, read_checkpoint
 from raylens.train.context import LocalContext
-from raylens_domains.multiview.readers import read_frames
 from raylens_domains.multiview.rays import frames_to_rays
+from raylens_domains.multiview.readers import read_frames
 from raylens_domains.multiview.scene import generate_scene
 from raylens_domains.multiview.train import (
     PSNR_CURVE_PNG,

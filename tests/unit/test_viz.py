@@ -3,12 +3,13 @@ import pytest
 from PIL import Image
 
 from raylens.index import SearchHit
-from raylens.viz import plot_search_grid, plot_training_curve, write_history_csv
+from raylens.train.curves import plot_curves
+from raylens.viz import plot_search_grid, write_history_csv
 
 
 def test_curve_grid_and_csv(tmp_path):
     hist = [{"step": s, "loss": 3.0 / s, "lr": 1e-3} for s in range(1, 6)]
-    png = plot_training_curve(hist, tmp_path / "loss.png")
+    png = plot_curves(hist, tmp_path / "loss.png")
     assert Image.open(png).size[0] > 300
     assert write_history_csv(hist, tmp_path / "h.csv").read_text().startswith("step,loss,lr")
     img = tmp_path / "a.png"
@@ -17,6 +18,6 @@ def test_curve_grid_and_csv(tmp_path):
     grid = plot_search_grid(["q"], hits, tmp_path / "grid.png", relevant=[[True, False]])
     assert Image.open(grid).size[1] > 100
     with pytest.raises(ValueError):
-        plot_training_curve([], tmp_path / "x.png")
+        plot_curves([], tmp_path / "x.png")
     with pytest.raises(ValueError):
         plot_search_grid(["q", "r"], hits, tmp_path / "y.png")

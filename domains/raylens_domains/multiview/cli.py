@@ -118,7 +118,7 @@ def write_outputs(
     for name in ("curves.png", "psnr_vs_time.png", "history.csv"):
         if (checkpoint / name).is_file():
             curves.append(Path(shutil.copy(checkpoint / name, workdir / name)))
-    mean = (lambda xs: float(sum(xs) / len(xs)) if xs else None)
+    mean = lambda xs: float(sum(xs) / len(xs)) if xs else None
     return NerfOutputs(grid, video, curves, mean(scores[0]), mean(scores[1]))
 
 
@@ -150,7 +150,9 @@ def train_nerf_command(
     data: str = typer.Argument(
         ..., help="A capture: nerfstudio transforms.json folder, Blender transforms_*.json folder, or COLMAP model."
     ),
-    backend: str = typer.Option("raylens", help="raylens (our models on Ray Train) or nerfstudio (ns-train as a Ray job)."),
+    backend: str = typer.Option(
+        "raylens", help="raylens (our models on Ray Train) or nerfstudio (ns-train as a Ray job)."
+    ),
     model_arg: list[str] | None = typer.Option(
         None, metavar="NAME=VALUE", help="A model argument, repeatable: resolution=128, sh_degree=0."
     ),
@@ -186,7 +188,9 @@ def train_nerf_command(
         from raylens_domains.multiview.ray_nerfstudio import submit_nerfstudio
 
         job_id = submit_nerfstudio(data, address=address, max_steps=cfg.max_steps, use_gpu=opts.use_gpu)
-        console.print(f"submitted [bold]{job_id}[/bold]: ns-train nerfacto on {data} (`ray job logs {job_id} -f` to follow)")
+        console.print(
+            f"submitted [bold]{job_id}[/bold]: ns-train nerfacto on {data} (`ray job logs {job_id} -f` to follow)"
+        )
         return
     from raylens.runtime import init_ray
     from raylens_domains.multiview.ray_train import fit_nerf
@@ -272,7 +276,9 @@ def render_command(
     console.print(f"render ({k.width}x{k.height}): {path}")
 
 
-@DEMOS.register("3d", doc="Procedural scene -> Ray Data -> fast NeRF on Ray Train -> held-out PSNR, renders, turntable.")
+@DEMOS.register(
+    "3d", doc="Procedural scene -> Ray Data -> fast NeRF on Ray Train -> held-out PSNR, renders, turntable."
+)
 def demo_3d(
     workdir: Path = typer.Option(Path("raylens-demo-3d"), help="Where the capture, checkpoint and pictures go."),
     minutes: float = typer.Option(3.0, help="Training time budget (evaluation excluded)."),

@@ -88,7 +88,9 @@ def run_nerf_demo(options: NerfDemoOptions, console=None) -> NerfDemoResult:
     say(f"[1/4] rendering the procedural scene: {n_train} + {n_test} views of {size}x{size} -> {capture}")
     generate_scene(capture, n_train=n_train, n_val=0, n_test=n_test, size=size, seed=o.seed)
     init_ray()
-    say(f"[2/4] Ray Data: capture -> shuffled rays; [3/4] Ray Train: nerf-fast on {o.workers} workers for {minutes:.1f} min")
+    say(
+        f"[2/4] Ray Data: capture -> shuffled rays; [3/4] Ray Train: nerf-fast on {o.workers} workers for {minutes:.1f} min"
+    )
     cfg = NerfTrainConfig(
         model="nerf-fast",
         max_steps=100_000,
@@ -98,7 +100,9 @@ def run_nerf_demo(options: NerfDemoOptions, console=None) -> NerfDemoResult:
         log_every=25,
         seed=o.seed,
     )
-    opts = RayTrainOptions(num_workers=o.workers, storage_path=str((o.workdir / "runs").resolve()), name=f"demo-3d-{int(time.time())}")
+    opts = RayTrainOptions(
+        num_workers=o.workers, storage_path=str((o.workdir / "runs").resolve()), name=f"demo-3d-{int(time.time())}"
+    )
     result = fit_nerf(capture, cfg, opts, NerfDataOptions())
     if result.checkpoint is None:
         raise RuntimeError("training reported no checkpoint; see the log above")

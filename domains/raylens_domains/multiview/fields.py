@@ -163,10 +163,15 @@ class VoxelGrid(nn.Module):
         """Values at world ``points`` (N, 3): (N, channels)."""
         return self.read(*trilinear_corners(self.to_unit(points), self.resolution))
 
-    def accumulate_grad(self, idx: torch.Tensor, weights: torch.Tensor, grad_out: torch.Tensor) -> None:
+    def ensure_grad(self) -> None:
+        """Allocate the gradient buffer and the touched-rows mask (zero) if there are none."""
         if self.grad is None or self.grad.shape != self.table.shape:
             self.grad = torch.zeros_like(self.table)
             self.touched = torch.zeros(self.table.shape[0], dtype=torch.bool, device=self.table.device)
+
+    def accumulate_grad(self, idx: torch.Tensor, weights: torch.Tensor, grad_out: torch.Tensor) -> None:
+        """Add the gradient of a read (corner indices, weights, gradient of the values read)."""
+        self.ensure_grad()
         flat = idx.reshape(-1)
         self.grad.index_add_(0, flat, (weights[:, :, None] * grad_out[:, None, :]).reshape(-1, self.channels))
         self.touched[flat] = True
@@ -248,8 +253,10 @@ class GridAdam:
         b1, b2 = self.betas
         updated = 0
         for i, grid in enumerate(self.grids):
-            if grid.grad is None:
-                continue
+            if grid.grad is None:  # nothing read since the grid was made or upsampled
+                if world_size == 1:
+                    continue
+                grid.ensure_grad()  # the other workers may have read it: join their all-reduce
             touched = grid.touched
             if world_size > 1:
                 import torch.distributed as dist

@@ -26,7 +26,7 @@ __all__ = ["psnr", "mse_to_psnr", "ssim", "gaussian_window"]
 
 
 def _as_float(image, name: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(image))
+    t = torch.from_numpy(np.array(image))  # a copy: Ray hands out read-only arrays
     if t.dtype == torch.uint8:
         t = t.float() / 255.0
     t = t.float()

@@ -42,7 +42,9 @@ class NerfOptimizer:
 
     def __init__(self, dense_params: list[torch.Tensor], lr: float, grid_optimizer=None):
         self.dense_params = [p for p in dense_params if p.requires_grad]
-        self.adam = torch.optim.Adam(self.dense_params, lr=lr, betas=(0.9, 0.99), eps=1e-15) if self.dense_params else None
+        self.adam = (
+            torch.optim.Adam(self.dense_params, lr=lr, betas=(0.9, 0.99), eps=1e-15) if self.dense_params else None
+        )
         self.base_lr = lr
         self.grid = grid_optimizer
 

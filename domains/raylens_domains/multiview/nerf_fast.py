@@ -11,11 +11,18 @@ sample. So the model is:
   opaque at any resolution;
 - a small MLP (features + spherical harmonics of the view direction -> RGB);
 - an occupancy grid taken exactly from the density grid (a trilinear cell's density is at most
-  its largest corner's), dilated one cell, marched coarse then fine: rays skip empty space;
+  its largest corner's), marched coarse then fine: rays skip the cells that cannot reach the
+  occupancy threshold;
 - early ray termination: densities of the candidate samples are read without gradients first,
   samples behind an opaque surface (transmittance < 1e-4) are dropped before the colour MLP runs;
-- coarse-to-fine: the grids start at ``start_resolution`` and are upsampled at ``upsample_steps``;
-- sparse updates: only grid rows read in a step are updated (:class:`~.fields.GridAdam`).
+- coarse-to-fine: the grids start at ``start_resolution`` and are upsampled at ``upsample_steps``
+  (the optimizer's moments are resampled with them);
+- sparse updates: only grid rows read in a step are updated (:class:`~.fields.GridAdam`), with a
+  high learning rate on density and a small sparsity loss, so empty space clears (and stops being
+  marched) within tens of steps; a white background would otherwise hide a white fog there.
+
+On the default scene (100x100, 60 views) 2 busy CPU cores reach ~25 dB in one minute and ~27 dB
+in five with these defaults; an idle machine takes several times more steps in the same time.
 """
 
 from __future__ import annotations
@@ -64,18 +71,18 @@ class GridNeRF(NerfModel):
     def __init__(
         self,
         aabb=(-1.0, -1.0, -1.0, 1.0, 1.0, 1.0),
-        resolution: int = 160,
-        start_resolution: int = 64,
-        upsample_steps: tuple[int, ...] = (250, 500, 1000),
+        resolution: int = 128,
+        start_resolution: int = 32,
+        upsample_steps: tuple[int, ...] = (100, 250, 450),
         features: int = 12,
         hidden: int = 64,
         sh_degree: int = 2,
-        step_ratio: float = 0.5,
-        alpha_init: float = 1e-4,
-        occupancy_threshold: float = 1e-3,
-        occupancy_dilation: int = 1,
-        occupancy_warmup: int = 100,
-        occupancy_every: int = 16,
+        step_ratio: float = 0.6,
+        alpha_init: float = 1e-2,
+        occupancy_threshold: float = 3e-3,
+        occupancy_dilation: int = 0,
+        occupancy_warmup: int = 8,
+        occupancy_every: int = 8,
         grid_lr: float = 0.1,
         density_lr: float = 1.0,
         sparsity: float = 1e-3,
@@ -236,5 +243,5 @@ class GridNeRF(NerfModel):
         occ = state_dict.get(prefix + "occupied")
         if occ is not None and occ.shape != self.occupied.shape:  # a checkpoint after upsampling
             self.occupied = torch.empty_like(occ, device=self.device)
-            self._occupancy = None
+        self._occupancy = None  # rebuilt from the loaded mask at the next render
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -32,12 +32,17 @@ from raylens_domains.multiview.train import (
 __all__ = ["fit_nerf", "progress_line"]
 
 
-def progress_line(m: dict[str, Any], max_steps: int | None = None) -> str:
-    """One line of training progress: step, loss, train PSNR, rays/s, held-out PSNR/SSIM when scored."""
-    total = f"/{max_steps}" if max_steps else ""
+def progress_line(m: dict[str, Any], max_steps: int | None = None, budget_s: float | None = None) -> str:
+    """One line of training progress: step, time, loss, train PSNR, rays/s, held-out PSNR/SSIM when scored.
+
+    >>> progress_line({"step": 10, "time_s": 4.0, "loss": 0.01, "psnr_train": 20.0, "rays_per_s": 5000.0}, 100)
+    'step    10/100       4s  loss 0.01000  train PSNR 20.00      5000 rays/s'
+    """
+    steps = f"{m['step']:>5}" + (f"/{max_steps}" if max_steps else "")
+    clock = f"{m.get('time_s', 0.0):5.0f}s" + (f"/{budget_s:.0f}s" if budget_s else "")
     parts = [
-        f"step {m['step']:>5}{total}",
-        f"{m.get('time_s', 0.0):6.0f}s",
+        f"step {steps}",
+        f"{clock:>6}",
         f"loss {m['loss']:.5f}",
         f"train PSNR {m.get('psnr_train', float('nan')):5.2f}",
         f"{m.get('rays_per_s', 0.0):8.0f} rays/s",
@@ -63,7 +68,8 @@ def _loop(config: dict[str, Any], ctx: RayContext) -> None:
             views = eval_views_from_frames({k: v[i] for k, v in rows.items()} for i in range(n))
 
     def progress(m: dict[str, Any]) -> None:
-        print(progress_line(m, cfg.max_steps), flush=True)
+        budget = cfg.time_budget_s or None
+        print(progress_line(m, None if budget else cfg.max_steps, budget), flush=True)
 
     train_nerf(cfg, ctx, batches, views, scene=config["scene"], on_step=progress if config["progress"] else None)
 

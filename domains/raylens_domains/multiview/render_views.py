@@ -68,7 +68,9 @@ class LoadedNerf:
         """A pose in the capture's original frame -> the model's frame."""
         return self.transform.apply_c2w(np.asarray(c2w, dtype=np.float64))
 
-    def intrinsics(self, width: int | None = None, height: int | None = None, camera_angle_x: float | None = None) -> Intrinsics:
+    def intrinsics(
+        self, width: int | None = None, height: int | None = None, camera_angle_x: float | None = None
+    ) -> Intrinsics:
         """A pinhole camera of the given size (default: the training views' size and field of view)."""
         w = int(width or self.views.get("width", 200))
         h = int(height or self.views.get("height", w))
@@ -87,7 +89,11 @@ def view_defaults(c2ws: np.ndarray, intrinsics: Intrinsics | None = None) -> dic
     up = up / max(np.linalg.norm(up), 1e-9)
     offsets = c2ws[:, :3, 3] - target
     radius = float(np.median(np.linalg.norm(offsets, axis=1)))
-    elevation = float(np.degrees(np.median(np.arcsin(np.clip(offsets @ up / np.maximum(np.linalg.norm(offsets, axis=1), 1e-9), -1, 1)))))
+    elevation = float(
+        np.degrees(
+            np.median(np.arcsin(np.clip(offsets @ up / np.maximum(np.linalg.norm(offsets, axis=1), 1e-9), -1, 1)))
+        )
+    )
     out: dict[str, Any] = {"target": target.tolist(), "up": up.tolist(), "radius": radius, "elevation_deg": elevation}
     if intrinsics is not None:
         out.update(camera_angle_x=intrinsics.camera_angle_x, width=intrinsics.width, height=intrinsics.height)
@@ -107,7 +113,11 @@ def load_nerf(checkpoint: str | Path, device: str = "cpu") -> LoadedNerf:
         raise ValueError(f"{checkpoint} holds a {ck.kind!r} model, not a NeRF; pass a `raylens train nerf` checkpoint")
     model = load_model(checkpoint, device=device)
     scene = ck.config.get("scene") or {}
-    transform = SceneTransform.from_dict(scene["scene_transform"]) if scene.get("scene_transform") else SceneTransform.identity()
+    transform = (
+        SceneTransform.from_dict(scene["scene_transform"])
+        if scene.get("scene_transform")
+        else SceneTransform.identity()
+    )
     return LoadedNerf(model, transform, dict(scene.get("views") or {}), Path(checkpoint))
 
 
@@ -219,7 +229,9 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     return path
 
 
-def view_grid(pairs: list[tuple[np.ndarray, np.ndarray]], path: str | Path, labels: list[str] | None = None, scale: int = 2) -> Path:
+def view_grid(
+    pairs: list[tuple[np.ndarray, np.ndarray]], path: str | Path, labels: list[str] | None = None, scale: int = 2
+) -> Path:
     """A PNG with one row per view: rendered | ground truth (| optional label under each row).
 
     ``pairs`` are ``(rendered, ground_truth)`` images (uint8, or float in [0, 1]); ``scale``

@@ -128,7 +128,9 @@ class OccupancyGrid:
     def update(self, occupied: torch.Tensor) -> None:
         """Replace the mask (a (resolution,)*3 bool tensor, e.g. from the model's density)."""
         if occupied.shape != self.occupied.shape:
-            raise ValueError(f"occupancy mask must have shape {tuple(self.occupied.shape)}, got {tuple(occupied.shape)}")
+            raise ValueError(
+                f"occupancy mask must have shape {tuple(self.occupied.shape)}, got {tuple(occupied.shape)}"
+            )
         self.occupied = occupied.to(device=self.occupied.device, dtype=torch.bool)
         self._coarse = self._make_coarse()
 

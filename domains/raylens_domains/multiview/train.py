@@ -214,7 +214,9 @@ def build_nerf(cfg: NerfTrainConfig, scene: dict[str, Any] | None, device: str |
     from raylens.models import create_model, model_kind
 
     if model_kind(cfg.model) != "nerf":
-        raise ValueError(f"`model` {cfg.model!r} is a {model_kind(cfg.model)} model; pick a nerf model (nerf-fast, nerf-vanilla)")
+        raise ValueError(
+            f"`model` {cfg.model!r} is a {model_kind(cfg.model)} model; pick a nerf model (nerf-fast, nerf-vanilla)"
+        )
     args = dict(cfg.model_args)
     if scene:
         if scene.get("aabb") is not None and "aabb" not in args:
@@ -330,7 +332,9 @@ def train_nerf(
     title = f"{cfg.model} on {Path(str((scene or {}).get('source', 'rays'))).name}"
 
     def write(directory: Path) -> None:
-        write_checkpoint(directory, model, optimizer=optimizer, step=step, epoch=epoch, history=history, extra=extra, title=title)
+        write_checkpoint(
+            directory, model, optimizer=optimizer, step=step, epoch=epoch, history=history, extra=extra, title=title
+        )
         _plot_psnr_time(history, directory / PSNR_CURVE_PNG, title)
 
     if step >= cfg.max_steps:

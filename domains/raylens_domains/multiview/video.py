@@ -71,5 +71,9 @@ def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: float = 24)
                 writer.append_data(np.pad(a, pad, mode="edge") if h % 2 or w % 2 else a)
         return path
     except Exception as e:  # noqa: BLE001 - any writer failure falls back to the GIF
-        log.warning("MP4 writer unavailable (%s: %s); writing a GIF instead (pip install imageio imageio-ffmpeg)", type(e).__name__, e)
+        log.warning(
+            "MP4 writer unavailable (%s: %s); writing a GIF instead (pip install imageio imageio-ffmpeg)",
+            type(e).__name__,
+            e,
+        )
         return write_gif(data, path.with_suffix(".gif"), fps)

@@ -86,8 +86,9 @@ def run_demo(opts: DemoOptions | None = None, console: Console | None = None) ->
     from raylens.runtime import init_ray
     from raylens.search import Searcher
     from raylens.train import ClipTrainConfig
+    from raylens.train.curves import plot_curves
     from raylens.train.ray_clip import RayTrainOptions, fit_clip
-    from raylens.viz import plot_search_grid, plot_training_curve, write_history_csv
+    from raylens.viz import plot_search_grid, write_history_csv
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -182,7 +183,7 @@ def run_demo(opts: DemoOptions | None = None, console: Console | None = None) ->
         console.print(tab)
     rel = [_relevant(h, *q.split()[1:]) for q, h in zip(shown, shown_hits)]
     grid = plot_search_grid(shown, shown_hits, work / "search_grid.png", relevant=rel)
-    loss_png = plot_training_curve(
+    loss_png = plot_curves(
         result.history, work / "training_loss.png", title=f"{opts.model} on shapes (Ray Train, {opts.workers} workers)"
     )
     write_history_csv(result.history, work / "training_loss.csv")

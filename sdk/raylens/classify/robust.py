@@ -45,6 +45,7 @@ __all__ = [
     "attack",
     "robust_accuracy",
     "pgd_batch_transform",
+    "fgsm_batch_transform",
 ]
 
 ATTACKS = ("fgsm", "pgd")
@@ -225,11 +226,14 @@ class PgdBatchTransform:
     """Step size; default ``2.5 * eps / steps``."""
     fraction: float = 0.5
     """Share of each batch replaced by adversarial examples (1.0: all of it)."""
+    random_start: bool = True
+    """Start from a random point of the eps ball (PGD); False with one step of size eps is FGSM."""
     mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
     """The normalisation the loop applied to ``x``."""
     std: tuple[float, float, float] = field(default=IMAGENET_STD)
 
     def __post_init__(self):
+        self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
         _check_eps(self.eps)
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"`steps` must be an int >= 1, got {self.steps!r}")
@@ -253,7 +257,7 @@ class PgdBatchTransform:
         step = 2.5 * self.eps / self.steps if self.step_size is None else self.step_size
         with _Eval(inner):
             adv = PGD(net, _loss, lower_bound=0.0, upper_bound=1.0).perturb(
-                pixels, self.eps, step, self.steps, target, random_start=True, norm="Linf"
+                pixels, self.eps, step, self.steps, target, random_start=self.random_start, norm="Linf"
             )
         x = x.clone()
         x[:k] = net.normalize(adv.detach()).to(x.dtype)
@@ -261,5 +265,15 @@ class PgdBatchTransform:
 
 
 def pgd_batch_transform(eps: float = 4 / 255, **options: Any) -> PgdBatchTransform:
-    """A :class:`PgdBatchTransform` for a training recipe's ``batch_transform`` hook (see its fields)."""
+    """A :class:`PgdBatchTransform` for a training recipe's ``batch_transform`` hook (see its fields).
+
+    Registered as the batch transform ``pgd`` of ``raylens train classify`` (``adversarial: pgd``,
+    ``adversarial_args: {eps: 0.03, steps: 3}``).
+    """
     return PgdBatchTransform(eps=eps, **options)
+
+
+def fgsm_batch_transform(eps: float = 4 / 255, **options: Any) -> PgdBatchTransform:
+    """FGSM adversarial training (one step of size ``eps``, no random start): the batch transform ``fgsm``."""
+    options = {k: v for k, v in options.items() if k not in ("steps", "step_size", "random_start")}
+    return PgdBatchTransform(eps=eps, steps=1, step_size=eps, random_start=False, **options)

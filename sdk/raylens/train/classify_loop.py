@@ -9,7 +9,8 @@ curves through :mod:`raylens.train.checkpointing`.
 
 The recipe, each piece a small function tested on its own: AdamW with decay groups
 (:func:`decay_groups`), linear warm-up then cosine (:func:`warmup_cosine`), label smoothing or focal
-loss (:func:`classification_loss`), gradient clipping, MixUp/CutMix (``raylens.data.mix.MixUpCutMix``),
+loss (:func:`classification_loss`), gradient clipping, random shifts (:func:`random_translate`; RandAugment
+and random crops run in the reader, ``TrainAugment``), MixUp/CutMix (``raylens.data.mix.MixUpCutMix``),
 autocast (bf16 on a GPU), EMA weights (:class:`ModelEMA`), early stopping on validation top-1
 (:class:`EarlyStopping`) and class-balanced sampling (:func:`weighted_resample`).
 
@@ -72,6 +73,7 @@ __all__ = [
     "classification_loss",
     "inverse_frequency_weights",
     "weighted_resample",
+    "random_translate",
     "autocast_for",
     "register_batch_transform",
     "resolve_batch_transform",
@@ -183,6 +185,20 @@ def classification_loss(
     else:
         per_class = -soft * logp
     return per_class.sum(-1).mean()
+
+
+def random_translate(images: torch.Tensor, max_shift: int, rng: np.random.Generator) -> torch.Tensor:
+    """Shift each ``(C, H, W)`` image of the batch by up to ``max_shift`` pixels along each axis, edges repeated.
+
+    The classic pad-and-crop augmentation of small-image training, on tensors in the loop, so it
+    also applies to data cached once in memory.
+    """
+    if max_shift <= 0:
+        return images
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4, mode="replicate")
+    dy, dx = rng.integers(0, 2 * max_shift + 1, (2, n))
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
 def inverse_frequency_weights(class_counts: Sequence[int]) -> np.ndarray:
@@ -505,6 +521,8 @@ def train_classifier(
             if class_weights is not None:
                 idx = torch.as_tensor(weighted_resample(y.cpu().numpy(), class_weights, rng), device=device)
                 x, y = x[idx], y[idx]
+            if cfg.translate > 0:
+                x = random_translate(x, int(round(cfg.translate * x.shape[-1])), rng)
             if batch_transform is not None:
                 x, y = batch_transform(model, x, y)
             targets: torch.Tensor = y
