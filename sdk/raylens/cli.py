@@ -73,7 +73,9 @@ def demo(
     if ctx.invoked_subcommand is not None:
         return
     command = typer.main.get_command(demo_app).commands["search"]
-    ctx.invoke(command, **({"workdir": workdir} if workdir else {}), quick=quick)
+    args = [*(["--workdir", str(workdir)] if workdir else []), *(["--quick"] if quick else [])]
+    with command.make_context("search", args, parent=ctx) as sub:
+        command.invoke(sub)
 
 
 @app.command()

@@ -66,3 +66,15 @@ def test_ingest_report_summary(tmp_path):
     )
     assert rep.summary() == "ingest of c.csv: 10 rows read, 2 skipped (1 file not found, 1 corrupt or truncated image)"
     assert json.loads(rep.save(tmp_path / "r.json").read_text())["n_skipped"] == 2
+
+
+def test_demo_without_a_name_runs_the_search_demo_with_the_given_options(monkeypatch, tmp_path):
+    """`raylens demo --workdir W --quick` reaches the search demo with W and quick (dispatch only: the
+    demo itself runs end to end in tests/ray/test_text_to_image_path.py and `make demo`)."""
+    import raylens_domains.natural.demo as natural_demo
+
+    seen = []
+    monkeypatch.setattr(natural_demo, "run_demo", lambda options, console=None: seen.append(options))
+    res = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "w"), "--quick"])
+    assert res.exit_code == 0, res.output
+    assert len(seen) == 1 and seen[0].workdir == tmp_path / "w" and seen[0].quick and seen[0].n_train == 400

@@ -25,6 +25,7 @@ from raylens.train.classify_loop import (
     classification_loss,
     decay_groups,
     inverse_frequency_weights,
+    random_translate,
     register_batch_transform,
     resolve_batch_transform,
     train_classifier,
@@ -134,6 +135,18 @@ def test_balanced_sampling_draws_rare_classes_as_often_as_common_ones():
     assert inverse_frequency_weights([5, 0, 5]).tolist() == [0.5, 0.0, 0.5]
     with pytest.raises(ValueError, match="class_counts"):
         inverse_frequency_weights([0, 0])
+
+
+def test_random_translate_moves_each_image_by_at_most_the_shift():
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, 0, 4, 4] = 1.0
+    moved = random_translate(x, 2, np.random.default_rng(0))
+    assert moved.shape == x.shape
+    where = moved[:, 0].flatten(1).argmax(1)
+    dy, dx = where // 9 - 4, where % 9 - 4
+    assert dy.abs().max() == 2 and dx.abs().max() == 2 and len({(a, b) for a, b in zip(dy.tolist(), dx.tolist())}) > 10
+    assert (moved.sum((1, 2, 3)) == 1).all()  # the pixel is moved, not lost
+    assert random_translate(x, 0, np.random.default_rng(0)) is x
 
 
 def test_ema_follows_the_timm_rule():
@@ -311,7 +324,9 @@ def test_precision_auto_is_fp32_on_cpu_and_bf16_autocasts():
 
 @pytest.mark.gpu
 def test_the_loop_autocasts_in_bf16_on_a_gpu():
-    result = train_classifier(_cfg(epochs=2), _blobs(64), LocalContext(device="cuda"), classes=CLASSES, val=_blobs(32, seed=1))
+    result = train_classifier(
+        _cfg(epochs=2), _blobs(64), LocalContext(device="cuda"), classes=CLASSES, val=_blobs(32, seed=1)
+    )
     assert result.val_metrics.top1 > 0.8 and next(result.model.parameters()).device.type == "cuda"
     autocast, scaler = autocast_for("auto", torch.device("cuda"))
     with autocast():
