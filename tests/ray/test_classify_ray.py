@@ -152,3 +152,37 @@ def test_the_cli_refuses_a_checkpoint_of_another_kind_as_the_model(ray_session, 
     )
     assert out.exit_code != 0
     assert "holds a fusion model" in str(out.exception) and "not a classifier" in str(out.exception)
+
+
+def test_a_parquet_table_with_embedded_images_splits_and_reports_bad_bytes(ray_session, tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raylens.data.images import ClipPreprocess
+    from raylens.data.ray_labelled import read_labelled_images
+
+    def png(rgb):
+        buf = io.BytesIO()
+        Image.fromarray(_square(rgb, 0)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    keys = [f"k{i}" for i in range(40)]
+    labels = [["red", "blue"][i % 2] for i in range(40)]
+    blobs = [png(COLOURS[label]) for label in labels]
+    blobs[3] = b"garbage"
+    labels[5] = "mauve"
+    pq.write_table(pa.table({"key": keys, "png": blobs, "label": labels}), tmp_path / "t.parquet")
+    pre = ClipPreprocess(16)
+    parts = {
+        part: read_labelled_images(tmp_path / "t.parquet", pre, classes=["blue", "red"], part=part, val_fraction=0.25)
+        for part in ("train", "val")
+    }
+    rows = {part: r.dataset.take_all() for part, r in parts.items()}
+    seen = [row["path"] for part in rows.values() for row in part]
+    assert len(seen) == len(set(seen)) == 38 and parts["train"].rows + parts["val"].rows == 39
+    assert 4 <= len(rows["val"]) <= 16 and rows["val"][0]["image"].shape == (3, 16, 16)
+    assert all(row["class_name"] == ["blue", "red"][row["label"]] for part in rows.values() for row in part)
+    reasons = {s.path: s.reason for r in parts.values() for s in r.report().skipped}
+    assert "k3" in reasons and "not in the class list" in reasons["k5"]

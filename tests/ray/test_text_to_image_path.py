@@ -68,6 +68,6 @@ def test_missing_captions_column_fails_before_any_task(ray_session, tmp_path):
     from raylens.data.images import ClipPreprocess
     from raylens.data.ray_reader import read_captioned_images
 
-    (tmp_path / "c.csv").write_text("path,text\na.png,hello\n")
-    with pytest.raises(ValueError, match="lacks column"):
+    (tmp_path / "c.csv").write_text("path,colour\na.png,red\n")  # `text` would be found as the caption
+    with pytest.raises(ValueError, match="has no 'caption' column.*columns="):
         read_captioned_images(tmp_path / "c.csv", ClipPreprocess(32))

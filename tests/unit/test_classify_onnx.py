@@ -91,7 +91,10 @@ def test_an_onnx_checkpoint_serves_like_the_torch_one(exported, tmp_path):
     assert ck.weights.name == "model.onnx" and ck.config["runtime"] == "onnxruntime"
     a, b = load_classifier(torch_dir), load_classifier(onnx_dir)
     assert (a.backend, b.backend) == ("torch", "onnxruntime")
-    images = [np.ascontiguousarray(np.moveaxis((p.numpy() * 255).astype(np.uint8), 0, -1)) for p in exported["test"].pixels[:5]]
+    images = [
+        np.ascontiguousarray(np.moveaxis((p.numpy() * 255).astype(np.uint8), 0, -1))
+        for p in exported["test"].pixels[:5]
+    ]
     pa, pb = a.predict(images), b.predict(images)
     assert [p["label"] for p in pa] == [p["label"] for p in pb]
     np.testing.assert_allclose([p["score"] for p in pa], [p["score"] for p in pb], rtol=1e-4, atol=1e-5)

@@ -82,9 +82,6 @@ class NerfOptimizer:
 class NerfModel(nn.Module):
     """Base class of the pack's NeRF models (``kind="nerf"`` in the model registry)."""
 
-    arch: str = ""
-    """The registry name the model is built under (set by the factory)."""
-
     def __init__(self, aabb, background: str | float | tuple[float, float, float] = "white"):
         super().__init__()
         from raylens_domains.multiview.render import background_tensor
