@@ -42,3 +42,17 @@ def ray_session():
     init_ray(num_cpus=int(os.environ.get("RAYLENS_TEST_CPUS", "4")))
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def serve_port(ray_session):
+    """Serve's HTTP proxy on a free 127.0.0.1 port for one module; Serve is shut down after it, so the
+    next module's proxy really listens on the port it asked for (Serve ignores a new port otherwise)."""
+    from ray import serve
+
+    from raylens.serve.ray_apps import start_http
+
+    serve.shutdown()  # a module that failed half-way may have left one behind
+    port = start_http("127.0.0.1")
+    yield port
+    serve.shutdown()

@@ -3,9 +3,10 @@
 Both models train in-process on the same rays (the procedural scene: 100x100 pixels, 60 training
 and 10 held-out views; ``--quick``: 48x48, 24 and 4) with the same loop, batch and threads. Vanilla
 NeRF trains for its whole budget; its final held-out PSNR is the target. The fast model then trains
-until it reaches that PSNR (scored every few seconds; scoring time is not training time) or runs out
-of the same budget. The metric is the fast model's time to the target; the baseline is vanilla's
-time to it (its whole budget), so the ratio is the speed-up (goal >= 5x).
+for the same budget (scored every few seconds; scoring time is not training time). The metric is the
+fast model's time to the target (its first score at or above it); the baseline is vanilla's time to
+it (its whole budget), so the ratio is the speed-up (goal >= 5x). Both models' PSNR at 1, 2, 5 and 10
+minutes (those within the budget) is the quality table of the README.
 
 Also reported: training rays/s of each (steady state: the second half of the run), each model's
 PSNR at fixed times, and how close the fast model's step comes to this machine's limits, measured
@@ -131,8 +132,8 @@ def bench_nerf(quick: bool = False, workdir: Path | None = None) -> BenchResult:
     from raylens_domains.multiview.train import eval_views_from_frames, scene_record
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="raylens-bench-nerf-"))
-    size, n_train, n_test, budget = (48, 24, 4, 40.0) if quick else (100, 60, 10, 300.0)
-    eval_every = budget / 20
+    size, n_train, n_test, budget = (48, 24, 4, 40.0) if quick else (100, 60, 10, 600.0)
+    eval_every = budget / 10
     load_before = os.getloadavg()
     capture = generate_scene(workdir / "scene", n_train=n_train, n_val=0, n_test=n_test, size=size, seed=0).root
     train = read_frames(capture, split="train")
@@ -152,11 +153,11 @@ def bench_nerf(quick: bool = False, workdir: Path | None = None) -> BenchResult:
         scene,
         seconds=budget,
         eval_every_s=eval_every / 4,
-        target_psnr=target,
         workdir=workdir,
     )
-    reached = fast["final_psnr"] is not None and fast["final_psnr"] >= target
-    t_fast = next((h["time_s"] for h in fast["history"] if h.get("val_psnr", -1) >= target), fast["time_s"])
+    t_hit = next((h["time_s"] for h in fast["history"] if h.get("val_psnr", -1) >= target), None)
+    reached = t_hit is not None
+    t_fast = t_hit if reached else fast["time_s"]
 
     cost = fast_step_cost(read_checkpoint(fast["checkpoint"]).model_config, fast["samples_per_ray"], 4096)
     achieved_flops = cost["flops"] * fast["steps_per_s"]

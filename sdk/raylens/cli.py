@@ -343,7 +343,11 @@ def _add_plugin_commands() -> None:
     load_plugins()
     for registry, target in ((TRAIN_COMMANDS, train_app), (DEMOS, demo_app), (COMMANDS, app)):
         for name in registry.names():
-            target.command(name, short_help=registry.describe(name) or None)(registry.get(name))
+            entry = registry.get(name)
+            if isinstance(entry, typer.Typer):  # a group of subcommands, e.g. `raylens classify ...`
+                target.add_typer(entry, name=name, short_help=registry.describe(name) or None)
+            else:
+                target.command(name, short_help=registry.describe(name) or None)(entry)
 
 
 _add_plugin_commands()

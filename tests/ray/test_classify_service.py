@@ -105,12 +105,12 @@ def _wait_classifiers(url: str, timeout_s: float = 300) -> dict:
 
 
 @pytest.fixture(scope="module")
-def service(ray_session, checkpoints):
+def service(serve_port, checkpoints):
     from ray import serve
 
-    from raylens.serve.ray_apps import run_config, start_http
+    from raylens.serve.ray_apps import run_config
 
-    port = start_http("127.0.0.1")
+    port = serve_port
     run_config(_config(checkpoints, port))
     url = f"http://127.0.0.1:{port}"
     versions = _wait_classifiers(url)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import zipfile
 from pathlib import Path
 
@@ -208,12 +207,6 @@ def test_ray_train_mid_fusion_with_two_workers_stops_and_resumes(ray_session, fu
     assert FusionPredictor.from_checkpoint(res.checkpoint).transform == TRANSFORM
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _zip_dir(folders: list[str]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -232,7 +225,7 @@ def _zip_bytes(entries: dict[str, bytes]) -> bytes:
 
 
 @pytest.mark.slow
-def test_serve_endpoint_predicts_from_a_zipped_upload(ray_session, phantom, tmp_path):
+def test_serve_endpoint_predicts_from_a_zipped_upload(serve_port, phantom, tmp_path):
     """A real HTTP request on 127.0.0.1: prediction + modalities used, limits, JSON errors, API key."""
     import requests
     from ray import serve
@@ -243,8 +236,7 @@ def test_serve_endpoint_predicts_from_a_zipped_upload(ray_session, phantom, tmp_
     save_checkpoint(
         model, tmp_path / "ckpt", extra={"transform": {"target_spacing": [6.0, 6.0, 6.0], "spatial_size": [16, 16, 16]}}
     )
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = serve_port
     app = MedicalFusionService.options(
         ray_actor_options={"num_cpus": 0.5, "runtime_env": {"env_vars": {"RAYLENS_API_KEY": "let-me-in"}}}
     ).bind(
@@ -304,4 +296,3 @@ def test_serve_endpoint_predicts_from_a_zipped_upload(ray_session, phantom, tmp_
         assert r.status_code == 404 and "error" in r.json()
     finally:
         serve.delete("medical-test")
-        serve.shutdown()

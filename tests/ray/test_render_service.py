@@ -45,13 +45,13 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(ray_session, checkpoint):
+def service(serve_port, checkpoint):
     """The render app deployed from services/raylens_services/render.yaml (this test's paths, port and limits)."""
     from ray import serve
 
-    from raylens.serve.ray_apps import load_config, packaged_config, run_config, start_http, wait_ready
+    from raylens.serve.ray_apps import load_config, packaged_config, run_config, wait_ready
 
-    port = start_http("127.0.0.1")
+    port = serve_port
     cfg = load_config(packaged_config("render.yaml"))
     cfg["http_options"] = {"host": "127.0.0.1", "port": port}
     app = cfg["applications"][0]

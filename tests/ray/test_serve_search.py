@@ -145,13 +145,13 @@ def _config(assets, port: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def service(ray_session, assets):
+def service(serve_port, assets):
     """The search app deployed from the serve config with `serve run`, on a free port; removed at the end."""
     from ray import serve
 
-    from raylens.serve.ray_apps import run_config, start_http, wait_ready
+    from raylens.serve.ray_apps import run_config, wait_ready
 
-    port = start_http("127.0.0.1")
+    port = serve_port
     cfg = _config(assets, port)
     run_config(cfg)
     url = f"http://127.0.0.1:{port}"
@@ -160,7 +160,6 @@ def service(ray_session, assets):
         yield {"url": url, "health": health, "config": cfg}
     finally:
         serve.delete(APP)
-        serve.shutdown()
 
 
 def _post(url: str, **kw) -> requests.Response:

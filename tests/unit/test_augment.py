@@ -82,12 +82,13 @@ def test_crop_box_follows_scale_and_ratio():
 
 def test_keyed_transform_gets_path_and_epoch_in_decode(tmp_path, image):
     Image.fromarray(image).save(tmp_path / "a.png")
-    batch = {"path": np.array([str(tmp_path / "a.png")] * 2), "caption": np.array(["c", "c"])}
+    batch = {"path": np.array([str(tmp_path / "a.png")] * 4), "caption": np.array(["c"] * 4)}
     aug = TrainAugment(16, seed=1)
-    out, skipped = decode_captioned_batch(batch, aug, epochs=[0, 1])
-    assert not skipped and out["image"].shape == (2, 3, 16, 16)
+    out, skipped = decode_captioned_batch(batch, aug, epochs=[0, 1, 2, 3])
+    assert not skipped and out["image"].shape == (4, 3, 16, 16)
     np.testing.assert_array_equal(out["image"][0], aug(image, key=str(tmp_path / "a.png"), epoch=0))
-    assert not np.array_equal(out["image"][0], out["image"][1])
+    # a near-full crop with no flip and identity ops can repeat by chance for one pair of epochs, not for three
+    assert any(not np.array_equal(out["image"][0], out["image"][e]) for e in (1, 2, 3))
 
 
 @pytest.mark.parametrize(

@@ -281,7 +281,7 @@ def render_command(
 )
 def demo_3d(
     workdir: Path = typer.Option(Path("raylens-demo-3d"), help="Where the capture, checkpoint and pictures go."),
-    minutes: float = typer.Option(3.0, help="Training time budget (evaluation excluded)."),
+    minutes: float = typer.Option(2.5, help="Training time budget (evaluation excluded)."),
     workers: int = typer.Option(2, help="Ray Train workers."),
     size: int = typer.Option(100, help="Rendered image side, pixels."),
     n_train: int = typer.Option(60, help="Training views."),
