@@ -29,7 +29,7 @@ RECIPES = {
     "small_resnet": dict(model="small_resnet", epochs=12, batch_size=32, lr=2e-3, warmup_epochs=1),
     # DeiT-Ti (5.4M parameters) on 8x8 patches: 16 tokens per 32x32 digit
     "vit_tiny": dict(
-        model="vit_tiny", model_kwargs={"patch_size": 8}, epochs=12, batch_size=32, lr=1e-3, warmup_epochs=1
+        model="vit_tiny", model_kwargs={"patch_size": 8}, epochs=30, batch_size=32, lr=1e-3, warmup_epochs=1
     ),
 }
 TARGETS = {"small_resnet": 0.98, "vit_tiny": 0.97}

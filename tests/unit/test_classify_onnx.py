@@ -78,7 +78,8 @@ def test_dynamic_int8_needs_no_calibration_and_static_does(exported, tmp_path):
 
 
 def test_an_onnx_checkpoint_serves_like_the_torch_one(exported, tmp_path):
-    from raylens.models import read_checkpoint
+    from raylens.errors import CheckpointError
+    from raylens.models import load_model, read_checkpoint
     from raylens.serve.classify import load_classifier, save_classifier
 
     classes = [str(i) for i in range(10)]
@@ -89,6 +90,8 @@ def test_an_onnx_checkpoint_serves_like_the_torch_one(exported, tmp_path):
     )
     ck = read_checkpoint(onnx_dir)
     assert ck.weights.name == "model.onnx" and ck.config["runtime"] == "onnxruntime"
+    with pytest.raises(CheckpointError, match="onnxruntime model .*load_classifier"):
+        load_model(onnx_dir)  # the PyTorch loader says where an ONNX checkpoint goes
     a, b = load_classifier(torch_dir), load_classifier(onnx_dir)
     assert (a.backend, b.backend) == ("torch", "onnxruntime")
     images = [

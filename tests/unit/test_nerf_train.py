@@ -110,3 +110,14 @@ def test_config_errors_name_the_field():
         from raylens_domains.multiview.train import build_nerf
 
         build_nerf(NerfTrainConfig(model="clip-tiny"), None, "cpu")
+
+
+def test_the_fast_grid_is_sized_from_the_images_unless_given():
+    from raylens_domains.multiview.train import build_nerf
+
+    scene = {"aabb": [-1, -1, -1, 1, 1, 1], "background": [1, 1, 1], "views": {"width": 100, "height": 80}}
+    assert build_nerf(NerfTrainConfig(), scene, "cpu").config["resolution"] == 64
+    scene["views"] = {"width": 300, "height": 400}
+    assert build_nerf(NerfTrainConfig(), scene, "cpu").config["resolution"] == 256
+    given = NerfTrainConfig(model_args={"resolution": 40, "start_resolution": 20})
+    assert build_nerf(given, scene, "cpu").config["resolution"] == 40

@@ -14,6 +14,7 @@ PS3.15 de-identification) -> :func:`pair_rows` (CT + MR of a study, MR resampled
 
 from .deid import BASIC_PROFILE as BASIC_PROFILE
 from .deid import DEID_KEY_ENV as DEID_KEY_ENV
+from .deid import BurnedInAnnotationError as BurnedInAnnotationError
 from .deid import DeidConfig as DeidConfig
 from .deid import Deidentifier as Deidentifier
 from .deid import Pseudonymizer as Pseudonymizer
@@ -75,6 +76,7 @@ __all__ = [
     "DicomError",
     "MissingDecoderError",
     "MissingSlicesError",
+    "BurnedInAnnotationError",
     "MixedSeriesError",
     "NotDicomError",
     "SeriesGeometryError",

