@@ -1,10 +1,13 @@
 """`raylens bench embed`: images/s of the Ray Data embedding pipeline against a single-process loop.
 
 Both decode the same PNG files, preprocess them as open_clip does and embed them with the same
-model (the demo's ``clip-tiny``) and batch size, in the same run. Throughput is taken at steady
-state (from the first embedded batch to the last), for both; start-up (Ray actors loading the model)
-is reported separately. ``extra`` also gives the serial decode and encode rates and, from them, the
-CPU-work bound: all cores busy on decode+encode with no overhead.
+model (the demo's ``clip-tiny``) and batch size, in the same run. The metric is end to end: all
+images over the time from the pipeline's start (Ray itself already up; its actors starting and
+loading the model included) to the last embedding, against the loop's whole run. ``extra`` gives the
+serial decode and encode rates and, from them, the CPU-work bound of that window: all cores busy on
+decode+encode with no overhead; a figure above it is an accounting error and fails the benchmark.
+The rate after the first delivered batch is reported too, but not against the bound: Ray Data decodes
+ahead while the actors start, so that window holds work done before it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def _baseline(paths: list[str], model, batch_size: int) -> dict[str, float]:
             t_first, n_first = c, n
     end = time.perf_counter()
     return {
+        "images_per_s": n / (end - t0),
         "steady_images_per_s": (n - n_first) / (end - t_first),
         "total_s": end - t0,
         "decode_images_per_s": n / decode_s,
@@ -80,7 +84,8 @@ def _ray_pipeline(captions: Path, model, batch_size: int, num_actors: int) -> di
     if n == n_first:
         raise RuntimeError("the pipeline delivered everything in one batch: no steady state to measure")
     return {
-        "steady_images_per_s": (n - n_first) / (end - t_first),
+        "images_per_s": n / (end - t0),
+        "after_first_batch_images_per_s": (n - n_first) / (end - t_first),
         "total_s": end - t0,
         "startup_s": t_first - t0,
         "rows": n,
@@ -112,12 +117,18 @@ def bench_embed(quick: bool, workdir: Path) -> BenchResult:
     cores = os.cpu_count() or 1
     enc1 = _encode_rate_one_thread(paths[: 4 * batch], model, batch)
     bound = cores / (1 / base["decode_images_per_s"] + 1 / enc1)
+    for who, rate in (("ray pipeline", ours["images_per_s"]), ("baseline loop", base["images_per_s"])):
+        if rate > bound:
+            raise RuntimeError(
+                f"embed bench accounting error: the {who} reaches {rate:.1f} images/s end to end, above the "
+                f"CPU-work bound {bound:.1f} images/s ({cores} cores, one-thread decode and encode rates)"
+            )
     return BenchResult(
         name="embed",
-        metric="images_per_s",
-        value=round(ours["steady_images_per_s"], 1),
+        metric="images_per_s end to end",
+        value=round(ours["images_per_s"], 1),
         baseline_name="single-process decode+preprocess+embed loop",
-        baseline_value=round(base["steady_images_per_s"], 1),
+        baseline_value=round(base["images_per_s"], 1),
         params={
             "images": n,
             "png_size": size,
@@ -131,10 +142,12 @@ def bench_embed(quick: bool, workdir: Path) -> BenchResult:
             "ray_startup_s": round(ours["startup_s"], 2),
             "ray_total_s": round(ours["total_s"], 2),
             "baseline_total_s": round(base["total_s"], 2),
+            "ray_after_first_batch_images_per_s": round(ours["after_first_batch_images_per_s"], 1),
+            "baseline_after_first_batch_images_per_s": round(base["steady_images_per_s"], 1),
             "serial_decode_images_per_s": round(base["decode_images_per_s"], 1),
             "serial_encode_images_per_s": round(base["encode_images_per_s"], 1),
             "encode_images_per_s_one_thread": round(enc1, 1),
             "overlap_bound_images_per_s": round(bound, 1),
-            "fraction_of_bound": round(ours["steady_images_per_s"] / bound, 3),
+            "fraction_of_bound": round(ours["images_per_s"] / bound, 3),
         },
     )
