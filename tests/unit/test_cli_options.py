@@ -292,3 +292,12 @@ def test_prepare_derives_values_from_what_the_user_gave(tmp_path):
     assert runner.invoke(app, ["d", "--steps", "5", "--lr", "0.01"]).exit_code == 0
     assert app.seen[-1][1].lr == 0.01
     assert load_configs(_write(tmp_path, "train:\n  max_steps: 3\n"), [group])["train"].lr == 5e-4
+
+
+def test_a_plugin_group_mounts_as_a_command_with_its_subcommands():
+    from raylens.cli import app
+
+    out = runner.invoke(app, ["classify", "--help"], terminal_width=120)
+    assert out.exit_code == 0, out.output
+    assert all(cmd in out.output for cmd in ("explain", "attack", "compress"))
+    assert "classify" in runner.invoke(app, ["train", "--help"], terminal_width=120).output
