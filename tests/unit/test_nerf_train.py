@@ -101,11 +101,29 @@ def test_a_second_call_resumes_at_the_saved_step(capture, tmp_path):
     assert json.loads((second.checkpoint / "history.json").read_text())[-1]["step"] == 12
 
 
+def test_the_learning_rate_decays_over_lr_decay_steps_then_holds(capture, tmp_path):
+    ctx = LocalContext(storage=tmp_path, device="cpu")
+    cfg = _cfg("nerf-fast", 16, lr_decay_steps=8, lr_final_ratio=0.1)
+    result = train_nerf(cfg, ctx, random_ray_batches(capture["rays"], 256), scene=capture["scene"])
+    lrs = {h["step"]: h["lr"] for h in result.history}  # the lr of the step just taken
+    assert lrs[4] == pytest.approx(cfg.lr * 0.1 ** (3 / 8))
+    assert lrs[12] == lrs[16] == pytest.approx(cfg.lr * 0.1)
+    whole_run = train_nerf(
+        _cfg("nerf-fast", 16),
+        LocalContext(storage=tmp_path / "b", device="cpu"),
+        random_ray_batches(capture["rays"], 256),
+        scene=capture["scene"],
+    )
+    assert whole_run.history[-2]["lr"] > cfg.lr * 0.1  # without it the decay spans all 16 steps
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="batch_rays"):
         NerfTrainConfig(batch_rays=0)
     with pytest.raises(ValueError, match="lr_final_ratio"):
         NerfTrainConfig(lr_final_ratio=0)
+    with pytest.raises(ValueError, match="lr_decay_steps"):
+        NerfTrainConfig(lr_decay_steps=-1)
     with pytest.raises(ValueError, match="clip"):
         from raylens_domains.multiview.train import build_nerf
 

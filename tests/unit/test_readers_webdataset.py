@@ -154,3 +154,27 @@ def test_shard_batches_split_and_carry_skips(tmp_path):
         ("b", "missing caption"),
         ("a", "missing image"),
     ]
+
+
+def test_oversized_members_skip_their_sample_and_unasked_members_are_not_read(tmp_path, monkeypatch):
+    """A gzip bomb member (8 MiB of zeros, a few KB compressed) is read only up to the cap; a member
+    whose extension nobody asked for is never read; the samples around them come through."""
+    from raylens.data import webdataset
+
+    monkeypatch.setitem(webdataset.MAX_MEMBER_BYTES, "image", 2**20)
+    shard = tmp_path / "bomb.tar.gz"
+    with tarfile.open(shard, "w:gz") as tf:
+        for name, data in [
+            ("a.jpg", _jpeg()),
+            ("a.txt", b"before"),
+            ("b.jpg", bytes(8 * 2**20)),
+            ("b.txt", b"the bomb"),
+            ("c.jpg", _jpeg()),
+            ("c.txt", b"after"),
+            ("c.npy", bytes(4 * 2**20)),  # not an image or caption: skipped unread
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    assert shard.stat().st_size < 200_000
+    assert _results(shard) == [("a", "before"), ("b", "jpg member over 1048576 bytes"), ("c", "after")]

@@ -325,12 +325,13 @@ def read_header(
         with opener(path) if opener else open(path, "rb") as fp:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
             offset = fp.tell()  # pydicom stops at the start of the PixelData element
+            pixel_bytes = fp.seek(0, os.SEEK_END) - offset  # what the file really holds for the pixels
     except InvalidDicomError:
         raise NotDicomError("not a DICOM file (no DICM preamble)") from None
     except Exception as e:  # truncated or corrupt files raise many types inside pydicom
         raise NotDicomError(f"unreadable DICOM header ({type(e).__name__})") from None
     try:
-        headers = _headers_of(ds, path, pseudo, labels, label_key)
+        headers = _headers_of(ds, path, pseudo, labels, label_key, pixel_bytes)
         dtype = _plain_pixel_dtype(ds, headers[0].transfer_syntax)
         if dtype is not None:
             for h in headers:
@@ -359,7 +360,42 @@ def _plain_pixel_dtype(ds, transfer_syntax: str) -> str | None:
     return f"{order}{kind}{bits // 8}"
 
 
-def _headers_of(ds, path: str, pseudo: Pseudonymizer, labels, label_key: str) -> list[SliceHeader]:
+def checked_frame_count(ds, pixel_bytes: int, transfer_syntax: str) -> int:
+    """``NumberOfFrames``, checked against the pixel data the file holds and the voxel budget before
+    anything is built per frame (a 2^31-1 frame header on a tiny file is refused, not allocated).
+
+    Native pixels need ``Rows x Columns x SamplesPerPixel x BitsAllocated / 8`` bytes per frame;
+    an encapsulated (compressed) frame needs at least one 8-byte item header.
+    """
+    from raylens_domains.medical.volume import MAX_SERIES_VOXELS
+
+    raw = _fast(ds, "NumberOfFrames", 1)
+    try:
+        n_frames = int(raw or 1)
+    except (TypeError, ValueError):
+        raise DicomError("malformed DICOM header (NumberOfFrames is not a number)") from None
+    if n_frames < 1:
+        raise DicomError(f"malformed DICOM header (NumberOfFrames={n_frames})")
+    rows, cols = int(_fast(ds, "Rows") or 0), int(_fast(ds, "Columns") or 0)
+    if rows < 1 or cols < 1:
+        raise DicomError(f"malformed DICOM header ({rows}x{cols} pixels)")
+    if rows * cols * n_frames > MAX_SERIES_VOXELS:
+        raise DicomError(
+            f"{n_frames} frames of {rows}x{cols} pixels is over the voxel budget of {MAX_SERIES_VOXELS} per series"
+        )
+    if transfer_syntax in PLAIN_PIXEL_SYNTAXES:
+        frame_bits = rows * cols * int(_fast(ds, "SamplesPerPixel", 1) or 1) * int(_fast(ds, "BitsAllocated", 8) or 8)
+    else:
+        frame_bits = 8 * 8
+    if 8 * pixel_bytes < n_frames * frame_bits:
+        raise DicomError(
+            f"NumberOfFrames={n_frames} but the file holds pixel data for at most {8 * pixel_bytes // frame_bits} "
+            f"frames ({pixel_bytes} bytes): a truncated or forged file"
+        )
+    return n_frames
+
+
+def _headers_of(ds, path: str, pseudo: Pseudonymizer, labels, label_key: str, pixel_bytes: int) -> list[SliceHeader]:
     import pydicom
 
     meta = getattr(ds, "file_meta", None)
@@ -390,7 +426,7 @@ def _headers_of(ds, path: str, pseudo: Pseudonymizer, labels, label_key: str) ->
         inst = int(inst) if inst not in (None, "") else None
     except (TypeError, ValueError):
         inst = None
-    n_frames = int(_fast(ds, "NumberOfFrames", 1) or 1)
+    n_frames = checked_frame_count(ds, pixel_bytes, ts)
     common = dict(
         path=path,
         n_frames=n_frames,

@@ -78,9 +78,11 @@ def _series_batch(
             if normalize is not None:
                 row = normalize.row(row)
             row.update(skip_path="", skip_reason="")
-        except DicomError as e:
+        except Exception as e:  # one bad series is a skipped row with a reason; the ingest goes on
+            # a DicomError's message is ours; anything else may quote header values (PHI): its type only
+            reason = str(e) if isinstance(e, DicomError) else f"unexpected error in this series ({type(e).__name__})"
             row = _empty_row(headers[0])
-            row.update(skip_path=series_skip_path(headers, config.deid), skip_reason=str(e))
+            row.update(skip_path=series_skip_path(headers, config.deid), skip_reason=reason)
         rows.append(row)
     out: dict[str, np.ndarray] = {}
     for c in (*ROW_COLUMNS, *_SKIP):

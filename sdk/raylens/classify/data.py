@@ -108,7 +108,7 @@ def _folder(
     root: str, classes: Sequence[str] | None
 ) -> tuple[list[np.ndarray], list[int], list[str], list[SkippedRow]]:
     from raylens.data.folders import list_image_folder
-    from raylens.data.images import BadImage, decode_image
+    from raylens.data.images import BadImage, decode_image, read_image_file
 
     if not Path(root).is_dir():
         raise ValueError(f"data {root!r} is neither 'digits', 'digits:heldout' nor a class folder root/<class>/<image>")
@@ -123,7 +123,7 @@ def _folder(
     images, labels, skipped = [], [], list(listing.skipped)
     for path, cname in zip(listing.rows["path"], listing.rows["class_name"]):
         try:
-            images.append(decode_image(Path(path).read_bytes()))
+            images.append(decode_image(read_image_file(path)))
         except (BadImage, OSError) as e:
             skipped.append(SkippedRow(path, str(e)))
             continue

@@ -6,12 +6,11 @@ This is the plain function the Ray Data reader maps over blocks; it never raises
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from raylens.data.images import BadImage, decode_image
+from raylens.data.images import BadImage, decode_image, read_image_file
 from raylens.data.report import SkippedRow
 
 __all__ = ["ImageTransform", "decode_captioned_batch", "apply_transform"]
@@ -40,10 +39,6 @@ def apply_transform(preprocess: ImageTransform, image: np.ndarray, key: str, epo
 _REMOTE_FIX = (
     "raylens reads local files and embedded bytes, never the network: download the images first, e.g. with img2dataset"
 )
-
-
-def _read_bytes(path: str) -> bytes:
-    return Path(path).read_bytes()
 
 
 def decode_captioned_batch(
@@ -77,7 +72,7 @@ def decode_captioned_batch(
             skipped.append(SkippedRow(path, f"remote URL ({_REMOTE_FIX})"))
             continue
         try:
-            data = raw[i] if embedded else _read_bytes(path)
+            data = raw[i] if embedded else read_image_file(path)
             image = decode_image(bytes(data))
             images.append(apply_transform(preprocess, image, path, epochs[i] if epochs is not None else 0))
         except FileNotFoundError:
@@ -88,6 +83,9 @@ def decode_captioned_batch(
             continue
         except OSError as e:
             skipped.append(SkippedRow(path, f"unreadable file ({e.strerror or e})"))
+            continue
+        except Exception as e:  # a transform or decoder failing on one odd row skips that row only
+            skipped.append(SkippedRow(path, f"could not decode or preprocess ({type(e).__name__}: {e})"))
             continue
         keep.append(i)
     out = {k: np.asarray(v)[keep] for k, v in batch.items() if k != "image_bytes" and len(v) == n}

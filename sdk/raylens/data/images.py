@@ -8,26 +8,71 @@ as ``open_clip.image_transform(size, is_train=False)`` does, but on numpy arrays
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-__all__ = ["BadImage", "decode_image", "ClipPreprocess", "MAX_IMAGE_PIXELS", "OPENAI_MEAN", "OPENAI_STD"]
+__all__ = [
+    "BadImage",
+    "decode_image",
+    "read_image_file",
+    "ClipPreprocess",
+    "MAX_IMAGE_PIXELS",
+    "MAX_IMAGE_BYTES",
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_IMAGE_PIXELS = 64_000_000
 """Images with more pixels than this are refused (decompression-bomb guard)."""
+MAX_IMAGE_BYTES = 256 * 2**20
+"""Image files larger than this are refused before they are read."""
 
 
 class BadImage(ValueError):
     """Raised by :func:`decode_image` for bytes that are not a usable image; ``str(e)`` is the reason."""
 
 
+def read_image_file(path: str | os.PathLike, *, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of the image file ``path``: a regular file of at most ``max_bytes``.
+
+    A path a captions table names may be ``/dev/zero``, a FIFO or a huge file; each is refused
+    (:class:`BadImage`) without reading more than ``max_bytes + 1`` bytes. A missing file raises
+    ``FileNotFoundError``, an unreadable one ``OSError``.
+
+    >>> read_image_file("/dev/zero")
+    Traceback (most recent call last):
+    ...
+    raylens.data.images.BadImage: not a regular file (a device, FIFO or socket)
+    """
+    # O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever (no effect on files)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise BadImage("a directory, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise BadImage("not a regular file (a device, FIFO or socket)")
+        if info.st_size > max_bytes:
+            raise BadImage(f"{info.st_size} bytes is over the file limit of {max_bytes}")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew since the check
+        raise BadImage(f"over the file limit of {max_bytes} bytes")
+    return data
+
+
 def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode image bytes (PNG, JPEG, WebP, ...) into an RGB ``(H, W, 3)`` uint8 array."""
+    """Decode image bytes (PNG, JPEG, WebP, ...) into an RGB ``(H, W, 3)`` uint8 array, upright.
+
+    The EXIF orientation is applied (a phone photo stored landscape with Orientation=6 comes back
+    portrait, as a viewer shows it). Any decoder failure is a :class:`BadImage` with the reason.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"decode_image expects bytes, got {type(data).__name__}")
     if len(data) == 0:
@@ -40,12 +85,15 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarr
                 if w * h > max_pixels:
                     raise BadImage(f"{w}x{h} pixels is over the limit of {max_pixels}")
                 img.load()  # forces a full decode, so truncated files fail here
-                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+                upright = ImageOps.exif_transpose(img)
+                return np.asarray(upright.convert("RGB"), dtype=np.uint8)
     except BadImage:
         raise
     except (Image.UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImage(f"not a readable image ({type(e).__name__}: {e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except MemoryError:
+        raise BadImage("the image does not fit in memory") from None
+    except Exception as e:  # PIL's plug-ins raise OSError, SyntaxError, struct.error, IndexError, ... on junk
         raise BadImage(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
 
 

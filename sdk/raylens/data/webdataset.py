@@ -29,6 +29,8 @@ from raylens.data.report import SkippedRow
 
 __all__ = [
     "IMAGE_EXTS",
+    "TEXT_EXTS",
+    "MAX_MEMBER_BYTES",
     "WdsSample",
     "expand_shards",
     "iter_shard",
@@ -39,6 +41,10 @@ __all__ = [
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 """Member extensions read as the image, in this order of preference."""
+TEXT_EXTS = ("txt", "json")
+"""Member extensions read for the caption; members of any other extension are not read at all."""
+MAX_MEMBER_BYTES = {"image": 64 * 2**20, "text": 2**20}
+"""Largest image and caption member read; a bigger one (a sparse or gzip bomb, or junk) skips its sample."""
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(\d+)\.\.(\d+)$")
 
@@ -123,6 +129,8 @@ def _caption(members: dict[str, bytes]) -> str | None:
 
 def _sample(shard: str, key: str, members: dict[str, bytes]) -> WdsSample | SkippedRow:
     path = f"{shard}:{key}"
+    if "__oversize__" in members:
+        return SkippedRow(path, members["__oversize__"].decode())
     if "__duplicate__" in members:
         return SkippedRow(path, f"duplicate member ({key}.{members['__duplicate__'].decode()})")
     image_ext = next((e for e in IMAGE_EXTS if e in members), None)
@@ -160,8 +168,13 @@ def iter_shard(shard: str | Path) -> Iterator[WdsSample | SkippedRow]:
                     if key is not None:
                         yield _sample(shard, key, members)
                     key, members = name_key, {}
-                data = tf.extractfile(info).read()
-                if ext in members:  # the same member twice: the sample is ambiguous
+                if ext not in IMAGE_EXTS and ext not in TEXT_EXTS:
+                    continue  # nobody asked for it: not read (tarfile skips its data)
+                cap = MAX_MEMBER_BYTES["image" if ext in IMAGE_EXTS else "text"]
+                data = tf.extractfile(info).read(cap + 1)  # never more than the cap, whatever the header says
+                if len(data) > cap:
+                    members["__oversize__"] = f"{ext} member over {cap} bytes".encode()
+                elif ext in members:  # the same member twice: the sample is ambiguous
                     members["__duplicate__"] = ext.encode()
                 else:
                     members[ext] = data

@@ -18,7 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RayTrainOptions", "DEFAULT_STORAGE"]
+__all__ = ["RayTrainOptions", "DEFAULT_STORAGE", "CLUSTER_RETRIES"]
+
+CLUSTER_RETRIES = 3
+"""Worker-group restarts a run on a multi-node cluster gets when ``max_failures`` is not given."""
 
 DEFAULT_STORAGE = "~/.raylens/runs"
 """Where checkpoints go when ``storage_path`` is not given."""
@@ -41,8 +44,11 @@ class RayTrainOptions:
     """Where checkpoints go; shared storage (NFS/S3) on a multi-node cluster. Default: ~/.raylens/runs."""
     name: str | None = None
     """Run name; re-running with the same name and storage resumes from the latest checkpoint."""
-    max_failures: int = 0
-    """Worker-group restarts allowed before the run fails (``FailureConfig``)."""
+    max_failures: int | None = None
+    """Worker-group restarts allowed before the run fails (``FailureConfig``; each restart resumes from
+    the latest checkpoint); -1: retry forever. None: :data:`CLUSTER_RETRIES` on a cluster of more
+    than one node, where a lost node or a preempted worker is expected, and 0 on one machine, where
+    a failure is a bug that a retry would only repeat."""
     num_to_keep: int | None = 2
     """Checkpoints kept (``CheckpointConfig``); None keeps all."""
     shuffle_buffer: int | None = None
@@ -56,8 +62,10 @@ class RayTrainOptions:
     def __post_init__(self):
         if not isinstance(self.num_workers, int) or self.num_workers < 1:
             raise ValueError(f"`num_workers` must be >= 1, got {self.num_workers}; use 1 for a single worker")
-        if self.max_failures < -1:
-            raise ValueError(f"`max_failures` must be >= -1 (-1 = retry forever), got {self.max_failures}")
+        if self.max_failures is not None and self.max_failures < -1:
+            raise ValueError(
+                f"`max_failures` must be >= -1 (-1 = retry forever), got {self.max_failures}; or None (automatic)"
+            )
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise ValueError(f"`cpus_per_worker` must be > 0, got {self.cpus_per_worker}; or None (automatic)")
         if self.num_to_keep is not None and self.num_to_keep < 1:
@@ -84,6 +92,16 @@ class RayTrainOptions:
         if "://" in path:
             return path
         return str(Path(path).expanduser().resolve())
+
+    def failures(self, nodes: int) -> int:
+        """The ``max_failures`` to run with on a cluster of ``nodes`` alive nodes.
+
+        >>> RayTrainOptions().failures(1), RayTrainOptions().failures(3), RayTrainOptions(max_failures=1).failures(3)
+        (0, 3, 1)
+        """
+        if self.max_failures is not None:
+            return self.max_failures
+        return CLUSTER_RETRIES if nodes > 1 else 0
 
     def torch_threads(self, cpus: float) -> int | None:
         """Torch threads per worker: round(cpus) (at least 1) on CPU workers; None (torch's own) with a GPU."""

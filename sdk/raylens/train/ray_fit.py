@@ -243,6 +243,7 @@ def fit(
         )
     cpus = opts.cpus_per_worker or cpus_per_replica(opts.num_workers)
     run = opts.to_dict()
+    run["max_failures"] = opts.failures(sum(1 for n in ray.nodes() if n.get("Alive")))
     trainer = TorchTrainer(
         functools.partial(_run_loop, loop),
         train_loop_config={"loop_config": loop_config, "run": run, "threads": opts.torch_threads(cpus)},
@@ -252,7 +253,7 @@ def fit(
         run_config=RunConfig(
             name=opts.name,
             storage_path=run["storage_path"],
-            failure_config=FailureConfig(max_failures=opts.max_failures),
+            failure_config=FailureConfig(max_failures=run["max_failures"]),
             checkpoint_config=CheckpointConfig(num_to_keep=opts.num_to_keep),
             logging_config=LoggingConfig(log_level=opts.log_level),
         ),

@@ -1,0 +1,137 @@
+"""``raylens bench nerf-scaling``: ``nerf-fast`` on Ray Train with 2 workers against 1, same budget.
+
+Both runs train the procedural scene (100x100 pixels, 60 training and 10 held-out views; ``--quick``:
+48x48, 24 and 4) through :func:`~raylens_domains.multiview.ray_train.fit_nerf`, the path ``raylens
+train nerf`` takes: Ray Data rays, DDP over gloo, the same recipe and time budget. Each worker takes
+4,096 rays per step, so 2 workers see twice the rays per step; the learning-rate decay follows the
+budget in both. Reported: steady-state training rays/s and samples/s (second half of the run), the
+held-out PSNR at the end, and steps.
+
+The physical bound is the machine's cores times one core's rate: samples per second of the same
+training step on one thread in this process (no Ray), measured before the two runs. Samples, not
+rays, because a ray's cost falls as empty space is cleared. Both workers share the same cores as the
+one worker's two threads, so on a 2-core machine the figure measures the cost of data parallelism
+(an all-reduce per step, Ray Data feeding two shards) against torch's own threading. Ray is given
+one logical CPU more than the cores, for Ray Data's tasks while the workers hold the cores.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raylens.bench import BenchResult, register_benchmark
+
+__all__ = ["bench_nerf_scaling"]
+
+
+def _late(history: list[dict[str, Any]], key: str) -> float:
+    """Median of ``key`` over the second half of the run (start-up and coarse grids excluded)."""
+    late = [h for h in history if h["time_s"] >= 0.5 * history[-1]["time_s"] and key in h] or history
+    return float(np.median([h[key] for h in late]))
+
+
+def _single_thread_samples_per_s(capture: Path, seconds: float, workdir: Path) -> float:
+    """Samples/s of the fast model's training step on one thread, in this process."""
+    import torch
+
+    from raylens_benchmarks.nerf import train_for
+    from raylens_domains.multiview.rays import frames_to_rays
+    from raylens_domains.multiview.readers import read_frames
+    from raylens_domains.multiview.train import scene_record
+
+    train = read_frames(capture, split="train")
+    scene = scene_record(train.info, np.stack([f.c2w for f in train.frames]), train.frames[0].intrinsics, str(capture))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = train_for(
+            "nerf-fast", frames_to_rays(train.frames), [], scene, seconds=seconds, eval_every_s=0, workdir=workdir
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return _late(r["history"], "rays_per_s") * _late(r["history"], "samples_per_ray")
+
+
+@register_benchmark("nerf-scaling", doc="nerf-fast on Ray Train: 2 workers vs 1 on the same budget (rays/s, PSNR).")
+def bench_nerf_scaling(quick: bool = False, workdir: Path | None = None) -> BenchResult:
+    import tempfile
+
+    from raylens.runtime import init_ray
+    from raylens.train.options import RayTrainOptions
+    from raylens_domains.multiview.ray_train import fit_nerf
+    from raylens_domains.multiview.scene import generate_scene
+    from raylens_domains.multiview.train import NerfTrainConfig
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="raylens-bench-nerf-scaling-"))
+    size, n_train, n_test, budget = (48, 24, 4, 20.0) if quick else (100, 60, 10, 120.0)
+    cores = os.cpu_count() or 1
+    load_before = os.getloadavg()
+    capture = generate_scene(workdir / "scene", n_train=n_train, n_val=0, n_test=n_test, size=size, seed=0).root
+    one_core = _single_thread_samples_per_s(capture, min(budget / 2, 30.0), workdir / "single")
+    bound = cores * one_core
+
+    # one logical CPU more than the cores, for Ray Data's tasks (the held-out views are read while the
+    # workers hold every core): the workers' torch threads then add up to the cores in both runs
+    init_ray(num_cpus=cores + 1)
+    runs: dict[int, dict[str, Any]] = {}
+    for workers in (1, 2):
+        cfg = NerfTrainConfig(
+            max_steps=10_000_000, time_budget_s=budget, eval_every=0, log_every=10, seed=0, batch_rays=4096
+        )
+        opts = RayTrainOptions(
+            num_workers=workers,
+            cpus_per_worker=cores / workers,
+            storage_path=str((workdir / "runs").resolve()),
+            name=f"scaling-{workers}w-{int(time.time())}",
+        )
+        t0 = time.perf_counter()
+        result = fit_nerf(capture, cfg, opts, progress=False)
+        hist = result.history
+        rays_per_s = _late(hist, "rays_per_s")
+        samples_per_s = rays_per_s * _late(hist, "samples_per_ray")
+        if samples_per_s > bound:
+            raise RuntimeError(
+                f"nerf-scaling accounting error: {workers} worker(s) reach {samples_per_s:.3g} samples/s, above "
+                f"{cores} cores x one thread's {one_core:.3g} samples/s"
+            )
+        runs[workers] = {
+            "rays_per_s": round(rays_per_s),
+            "samples_per_s": round(samples_per_s),
+            "share_of_core_bound": round(samples_per_s / bound, 3),
+            "final_psnr": round(float(hist[-1].get("val_psnr", float("nan"))), 2),
+            "final_ssim": round(float(hist[-1].get("val_ssim", float("nan"))), 3),
+            "steps": result.steps,
+            "train_s": round(float(hist[-1]["time_s"]), 1),
+            "job_s": round(time.perf_counter() - t0, 1),
+        }
+    two, one = runs[2], runs[1]
+    return BenchResult(
+        name="nerf-scaling",
+        metric="training rays/s, nerf-fast on 2 Ray Train workers",
+        value=two["rays_per_s"],
+        baseline_name="1 Ray Train worker (all cores' threads)",
+        baseline_value=one["rays_per_s"],
+        params={
+            "scene": f"procedural, {size}x{size}, {n_train} train / {n_test} held-out views",
+            "budget_s": budget,
+            "batch_rays_per_worker": 4096,
+            "cpus_per_worker": {"1": cores, "2": cores / 2},
+            "quick": quick,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        extra={
+            "runs": {f"{w}_workers": r for w, r in runs.items()},
+            "psnr_delta_db": round(two["final_psnr"] - one["final_psnr"], 2),
+            "bound": {
+                "one_thread_samples_per_s": round(one_core),
+                "cores": cores,
+                "samples_per_s": round(bound),
+            },
+        },
+    )
