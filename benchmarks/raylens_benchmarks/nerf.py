@@ -28,7 +28,7 @@ import numpy as np
 
 from raylens.bench import BenchResult, register_benchmark
 
-__all__ = ["bench_nerf", "machine_bounds", "train_for", "fast_step_cost", "psnr_at", "FAST_DECAY_STEPS"]
+__all__ = ["bench_nerf", "machine_bounds", "train_for", "fast_step_cost", "psnr_at", "late_median", "FAST_DECAY_STEPS"]
 
 FAST_DECAY_STEPS = 3000
 """``nerf-fast``'s learning rates decay over its first 3,000 steps (about 3 minutes here), then hold:
@@ -68,6 +68,12 @@ def fast_step_cost(model_config: dict[str, Any], samples_per_ray: float, batch_r
     channels = model_config["features"] + 1
     grid_bytes = n * 8 * (channels * 4 + 8) * 3  # 8 corners: values + index; read, grad write, grad read
     return {"flops": float(mlp), "bytes": float(grid_bytes)}
+
+
+def late_median(history: list[dict[str, Any]], key: str) -> float:
+    """Median of ``key`` over the second half of a run (start-up and coarse grids left out: steady state)."""
+    late = [h for h in history if h["time_s"] >= 0.5 * history[-1]["time_s"] and key in h] or history
+    return float(np.median([h[key] for h in late]))
 
 
 def psnr_at(history: list[dict[str, Any]], seconds: float) -> float | None:
@@ -112,15 +118,15 @@ def train_for(
     ctx = LocalContext(storage=workdir / model, device="cpu")
     result = train_nerf(cfg, ctx, random_ray_batches(rays, batch_rays), views, scene=scene)
     hist = result.history
-    late = [h for h in hist if h["time_s"] >= 0.5 * hist[-1]["time_s"]] or hist
+    rays_per_s = late_median(hist, "rays_per_s")
     return {
         "history": hist,
         "final_psnr": hist[-1].get("val_psnr"),
         "time_s": hist[-1]["time_s"],
         "steps": result.steps,
-        "rays_per_s": float(np.median([h["rays_per_s"] for h in late])),
-        "steps_per_s": float(np.median([h["rays_per_s"] for h in late])) / batch_rays,
-        "samples_per_ray": float(np.median([h["samples_per_ray"] for h in late])),
+        "rays_per_s": rays_per_s,
+        "steps_per_s": rays_per_s / batch_rays,
+        "samples_per_ray": late_median(hist, "samples_per_ray"),
         "checkpoint": result.checkpoint,
     }
 

@@ -25,21 +25,18 @@ from typing import Any
 import numpy as np
 
 from raylens.bench import BenchResult, register_benchmark
+from raylens_benchmarks.nerf import late_median, train_for
 
-__all__ = ["bench_nerf_scaling"]
+__all__ = ["bench_nerf_scaling", "BATCH_RAYS"]
 
-
-def _late(history: list[dict[str, Any]], key: str) -> float:
-    """Median of ``key`` over the second half of the run (start-up and coarse grids excluded)."""
-    late = [h for h in history if h["time_s"] >= 0.5 * history[-1]["time_s"] and key in h] or history
-    return float(np.median([h[key] for h in late]))
+BATCH_RAYS = 4096
+"""Rays per worker per step, in every run."""
 
 
 def _single_thread_samples_per_s(capture: Path, seconds: float, workdir: Path) -> float:
     """Samples/s of the fast model's training step on one thread, in this process."""
     import torch
 
-    from raylens_benchmarks.nerf import train_for
     from raylens_domains.multiview.rays import frames_to_rays
     from raylens_domains.multiview.readers import read_frames
     from raylens_domains.multiview.train import scene_record
@@ -49,12 +46,13 @@ def _single_thread_samples_per_s(capture: Path, seconds: float, workdir: Path) -
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        rays = frames_to_rays(train.frames)
         r = train_for(
-            "nerf-fast", frames_to_rays(train.frames), [], scene, seconds=seconds, eval_every_s=0, workdir=workdir
+            "nerf-fast", rays, [], scene, seconds=seconds, eval_every_s=0, batch_rays=BATCH_RAYS, workdir=workdir
         )
     finally:
         torch.set_num_threads(threads)
-    return _late(r["history"], "rays_per_s") * _late(r["history"], "samples_per_ray")
+    return r["rays_per_s"] * r["samples_per_ray"]
 
 
 @register_benchmark("nerf-scaling", doc="nerf-fast on Ray Train: 2 workers vs 1 on the same budget (rays/s, PSNR).")
@@ -81,7 +79,7 @@ def bench_nerf_scaling(quick: bool = False, workdir: Path | None = None) -> Benc
     runs: dict[int, dict[str, Any]] = {}
     for workers in (1, 2):
         cfg = NerfTrainConfig(
-            max_steps=10_000_000, time_budget_s=budget, eval_every=0, log_every=10, seed=0, batch_rays=4096
+            max_steps=10_000_000, time_budget_s=budget, eval_every=0, log_every=10, seed=0, batch_rays=BATCH_RAYS
         )
         opts = RayTrainOptions(
             num_workers=workers,
@@ -92,8 +90,8 @@ def bench_nerf_scaling(quick: bool = False, workdir: Path | None = None) -> Benc
         t0 = time.perf_counter()
         result = fit_nerf(capture, cfg, opts, progress=False)
         hist = result.history
-        rays_per_s = _late(hist, "rays_per_s")
-        samples_per_s = rays_per_s * _late(hist, "samples_per_ray")
+        rays_per_s = late_median(hist, "rays_per_s")
+        samples_per_s = rays_per_s * late_median(hist, "samples_per_ray")
         if samples_per_s > bound:
             raise RuntimeError(
                 f"nerf-scaling accounting error: {workers} worker(s) reach {samples_per_s:.3g} samples/s, above "
@@ -119,7 +117,7 @@ def bench_nerf_scaling(quick: bool = False, workdir: Path | None = None) -> Benc
         params={
             "scene": f"procedural, {size}x{size}, {n_train} train / {n_test} held-out views",
             "budget_s": budget,
-            "batch_rays_per_worker": 4096,
+            "batch_rays_per_worker": BATCH_RAYS,
             "cpus_per_worker": {"1": cores, "2": cores / 2},
             "quick": quick,
             "load_average_before": [round(x, 2) for x in load_before],

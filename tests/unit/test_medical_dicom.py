@@ -376,6 +376,8 @@ def test_a_frame_bomb_is_refused_before_anything_is_built_per_frame(tmp_path):
     ds.save_as(bomb)
     with pytest.raises(DicomError, match="NumberOfFrames=40 but the file holds pixel data for at most 1 frames"):
         read_header(bomb, PSEUDO)
+    with pytest.raises(DicomError, match="voxel budget of 100 per series"):  # the ingest's max_voxels is the budget
+        read_header(bomb, PSEUDO, max_voxels=100)
     headers, skipped = read_headers([str(bomb), get_testdata_file("CT_small.dcm")], PSEUDO)
     assert len(headers) == 1 and skipped[0][0] == str(bomb) and "NumberOfFrames=40" in skipped[0][1]
 

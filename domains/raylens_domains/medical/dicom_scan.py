@@ -25,11 +25,22 @@ from pydicom.dataelem import RawDataElement
 from .deid import Pseudonymizer
 from .errors import DicomError, NotDicomError
 
-__all__ = ["SliceHeader", "list_dicom_files", "read_header", "read_headers", "group_series", "LABEL_KEYS"]
+__all__ = [
+    "SliceHeader",
+    "list_dicom_files",
+    "read_header",
+    "read_headers",
+    "group_series",
+    "checked_frame_count",
+    "LABEL_KEYS",
+    "MAX_SERIES_VOXELS",
+]
 
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 LABEL_KEYS = ("PatientID", "StudyInstanceUID", "AccessionNumber")
 """Header attributes a label table may be keyed on (looked up on the original value, at ingest)."""
+MAX_SERIES_VOXELS = 512 * 512 * 2048
+"""Series with more voxels than this are refused (a memory guard; raise it for huge series)."""
 
 
 @dataclass
@@ -302,6 +313,7 @@ def read_header(
     labels: Mapping[str, int] | None = None,
     label_key: str = "PatientID",
     opener: Callable[[str], Any] | None = None,
+    max_voxels: int = MAX_SERIES_VOXELS,
 ) -> list[SliceHeader]:
     """The slice headers of one file (one per frame), read without pixel data.
 
@@ -311,6 +323,7 @@ def read_header(
         labels: optional table from the original value of ``label_key`` to an int label.
         label_key: which header attribute the label table is keyed on (one of :data:`LABEL_KEYS`).
         opener: ``name -> binary file object`` for files that live in memory (an upload).
+        max_voxels: a file whose frames hold more voxels than this is refused from its header.
 
     Raises:
         NotDicomError: not a DICOM file, or a DICOM object without pixel data.
@@ -331,7 +344,7 @@ def read_header(
     except Exception as e:  # truncated or corrupt files raise many types inside pydicom
         raise NotDicomError(f"unreadable DICOM header ({type(e).__name__})") from None
     try:
-        headers = _headers_of(ds, path, pseudo, labels, label_key, pixel_bytes)
+        headers = _headers_of(ds, path, pseudo, labels, label_key, pixel_bytes, max_voxels)
         dtype = _plain_pixel_dtype(ds, headers[0].transfer_syntax)
         if dtype is not None:
             for h in headers:
@@ -360,15 +373,13 @@ def _plain_pixel_dtype(ds, transfer_syntax: str) -> str | None:
     return f"{order}{kind}{bits // 8}"
 
 
-def checked_frame_count(ds, pixel_bytes: int, transfer_syntax: str) -> int:
+def checked_frame_count(ds, pixel_bytes: int, transfer_syntax: str, max_voxels: int) -> int:
     """``NumberOfFrames``, checked against the pixel data the file holds and the voxel budget before
     anything is built per frame (a 2^31-1 frame header on a tiny file is refused, not allocated).
 
     Native pixels need ``Rows x Columns x SamplesPerPixel x BitsAllocated / 8`` bytes per frame;
     an encapsulated (compressed) frame needs at least one 8-byte item header.
     """
-    from raylens_domains.medical.volume import MAX_SERIES_VOXELS
-
     raw = _fast(ds, "NumberOfFrames", 1)
     try:
         n_frames = int(raw or 1)
@@ -379,9 +390,10 @@ def checked_frame_count(ds, pixel_bytes: int, transfer_syntax: str) -> int:
     rows, cols = int(_fast(ds, "Rows") or 0), int(_fast(ds, "Columns") or 0)
     if rows < 1 or cols < 1:
         raise DicomError(f"malformed DICOM header ({rows}x{cols} pixels)")
-    if rows * cols * n_frames > MAX_SERIES_VOXELS:
+    if rows * cols * n_frames > max_voxels:
         raise DicomError(
-            f"{n_frames} frames of {rows}x{cols} pixels is over the voxel budget of {MAX_SERIES_VOXELS} per series"
+            f"{n_frames} frames of {rows}x{cols} pixels is over the voxel budget of {max_voxels} per series "
+            "(max_voxels)"
         )
     if transfer_syntax in PLAIN_PIXEL_SYNTAXES:
         frame_bits = rows * cols * int(_fast(ds, "SamplesPerPixel", 1) or 1) * int(_fast(ds, "BitsAllocated", 8) or 8)
@@ -395,7 +407,9 @@ def checked_frame_count(ds, pixel_bytes: int, transfer_syntax: str) -> int:
     return n_frames
 
 
-def _headers_of(ds, path: str, pseudo: Pseudonymizer, labels, label_key: str, pixel_bytes: int) -> list[SliceHeader]:
+def _headers_of(
+    ds, path: str, pseudo: Pseudonymizer, labels, label_key: str, pixel_bytes: int, max_voxels: int
+) -> list[SliceHeader]:
     import pydicom
 
     meta = getattr(ds, "file_meta", None)
@@ -426,7 +440,7 @@ def _headers_of(ds, path: str, pseudo: Pseudonymizer, labels, label_key: str, pi
         inst = int(inst) if inst not in (None, "") else None
     except (TypeError, ValueError):
         inst = None
-    n_frames = checked_frame_count(ds, pixel_bytes, ts)
+    n_frames = checked_frame_count(ds, pixel_bytes, ts, max_voxels)
     common = dict(
         path=path,
         n_frames=n_frames,
@@ -452,13 +466,16 @@ def read_headers(
     labels: Mapping[str, int] | None = None,
     label_key: str = "PatientID",
     opener: Callable[[str], Any] | None = None,
+    max_voxels: int = MAX_SERIES_VOXELS,
 ) -> tuple[list[SliceHeader], list[tuple[str, str]]]:
     """:func:`read_header` over many files: ``(headers, skipped)`` with ``skipped = [(path, reason)]``."""
     headers: list[SliceHeader] = []
     skipped: list[tuple[str, str]] = []
     for p in paths:
         try:
-            headers.extend(read_header(p, pseudo, labels=labels, label_key=label_key, opener=opener))
+            headers.extend(
+                read_header(p, pseudo, labels=labels, label_key=label_key, opener=opener, max_voxels=max_voxels)
+            )
         except DicomError as e:
             skipped.append((str(p), str(e)))
     return headers, skipped

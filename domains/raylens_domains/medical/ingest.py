@@ -107,7 +107,11 @@ def ingest_series(
         source=config.deid.report_path(paths) if isinstance(paths, (str, os.PathLike)) else "dicom files"
     )
     headers, skipped = read_headers(
-        files, config.deid.pseudonymizer(), labels=config.labels, label_key=config.label_key
+        files,
+        config.deid.pseudonymizer(),
+        labels=config.labels,
+        label_key=config.label_key,
+        max_voxels=config.max_voxels,
     )
     report.skipped.extend(SkippedRow(config.deid.report_path(p), r) for p, r in skipped)
     rows = []

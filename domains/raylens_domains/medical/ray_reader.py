@@ -55,7 +55,10 @@ def _header_batch(batch: dict[str, np.ndarray], config: DicomIngestConfig) -> di
     for path in batch["path"]:
         try:
             headers.extend(
-                h.to_dict() for h in read_header(str(path), pseudo, labels=config.labels, label_key=config.label_key)
+                h.to_dict()
+                for h in read_header(
+                    str(path), pseudo, labels=config.labels, label_key=config.label_key, max_voxels=config.max_voxels
+                )
             )
         except DicomError as e:
             skips.append((config.deid.report_path(str(path)), str(e)))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .dicom_scan import SliceHeader
+from .dicom_scan import MAX_SERIES_VOXELS, SliceHeader
 from .errors import DicomError, MissingDecoderError, MixedSeriesError, SeriesGeometryError
 from .geometry import GeometryTolerance, VolumeGeometry, sort_slices
 
@@ -35,8 +35,6 @@ __all__ = [
     "ROW_COLUMNS",
 ]
 
-MAX_SERIES_VOXELS = 512 * 512 * 2048
-"""Series with more voxels than this are refused (a memory guard; raise it for huge series)."""
 
 ROW_COLUMNS = (
     "volume",
