@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .dicom_scan import MAX_SERIES_VOXELS
 from .errors import MissingSlicesError, MixedSeriesError, SeriesGeometryError
 
 __all__ = [
@@ -47,7 +48,21 @@ __all__ = [
     "affine_lps_to_ras",
     "geometry_from_affine",
     "resample_to_grid",
+    "SPACING_RANGE_MM",
+    "MAX_RESAMPLED_VOXELS",
+    "check_spacing",
+    "resampled_shape",
+    "check_grid_voxels",
 ]
+
+SPACING_RANGE_MM = (1e-3, 100.0)
+"""The voxel sizes (mm) a CT or MR series may have: a pixel spacing or slice step outside this range is
+refused. Real scans sit between about 0.1 and 20 mm; a 1.5 m "pixel" only serves to make a resample
+ask for gigabytes."""
+
+MAX_RESAMPLED_VOXELS = 2**26
+"""Largest grid (voxels) a resample may allocate by default (67M voxels: 256 MiB of float32, ~1.3 GB
+at the peak of a MONAI resample); :class:`~.transforms.VolumeTransformConfig` ``max_voxels`` changes it."""
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -300,6 +315,64 @@ def geometry_from_affine(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return spacing, a[:3, 3].copy(), (m / spacing[None, :]).reshape(9)
 
 
+def check_spacing(spacing, what: str = "spacing") -> tuple[float, ...]:
+    """``spacing`` as floats, or :class:`SeriesGeometryError` when a value is not finite or lies outside
+    :data:`SPACING_RANGE_MM`.
+
+    >>> check_spacing((3.0, 0.7, 0.7))
+    (3.0, 0.7, 0.7)
+    >>> check_spacing((3000.0, 1500.0, 1500.0), "slice step and PixelSpacing")
+    Traceback (most recent call last):
+    ...
+    raylens_domains.medical.errors.SeriesGeometryError: implausible slice step and PixelSpacing ...
+    """
+    values = np.asarray(spacing, dtype=np.float64).reshape(-1)
+    lo, hi = SPACING_RANGE_MM
+    if not np.all(np.isfinite(values)) or values.min() < lo or values.max() > hi:
+        shown = ", ".join(f"{v:.6g}" for v in values)
+        raise SeriesGeometryError(
+            f"implausible {what} ({shown} mm; a CT or MR voxel is {lo:g} to {hi:g} mm): "
+            "the header's spacing tags are wrong, so the series is not used"
+        )
+    return tuple(float(v) for v in values)
+
+
+def resampled_shape(geometry: VolumeGeometry, target_spacing) -> tuple[int, int, int]:
+    """The shape (array axis order) of ``geometry``'s volume resampled to ``target_spacing``, computed from
+    the geometry alone: each array axis keeps its extent and takes the target spacing of the patient axis
+    it runs along most (``target_spacing`` in x, y, z order, as MONAI's ``Spacing(pixdim)`` after
+    ``Orientation``). One voxel more per axis than the resample makes, never fewer.
+
+    >>> g = VolumeGeometry(spacing=(3000.0, 1500.0, 1500.0), origin=(0, 0, 0), direction=np.eye(3), shape=(2, 2, 2))
+    >>> resampled_shape(g, (3.0, 3.0, 3.0))
+    (2001, 1001, 1001)
+    """
+    target = np.asarray(_floats("target_spacing", target_spacing, 3))
+    if target.min() <= 0:
+        raise ValueError(f"target_spacing must be positive mm, got {target.tolist()}")
+    direction = np.asarray(geometry.direction, dtype=np.float64).reshape(3, 3)
+    out = []
+    for axis in range(3):
+        along = int(np.argmax(np.abs(direction[:, axis])))  # the patient axis this array axis runs along
+        extent = geometry.shape[axis] * geometry.spacing[axis]
+        out.append(int(np.ceil(extent / target[along])) + 1)
+    return tuple(out)
+
+
+def check_grid_voxels(shape, max_voxels: int, what: str = "the resampled grid") -> None:
+    """:class:`SeriesGeometryError` when a grid of ``shape`` holds more than ``max_voxels`` voxels
+    (checked before anything of that size is allocated)."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    if n > max_voxels:
+        dims = "x".join(str(int(s)) for s in shape)
+        raise SeriesGeometryError(
+            f"{what} would be {dims} = {n} voxels, over the limit of {max_voxels} (max_voxels); the series' "
+            "spacing or extent is implausible, or raise max_voxels / the target spacing on purpose"
+        )
+
+
 def resample_to_grid(
     volume: np.ndarray,
     src_affine: np.ndarray,
@@ -308,19 +381,25 @@ def resample_to_grid(
     *,
     order: int = 1,
     fill: float | None = None,
+    max_voxels: int | None = None,
 ) -> np.ndarray:
     """Resample ``volume`` (on ``src_affine``) onto the grid ``dst_affine`` x ``dst_shape``.
 
     Both affines map voxel indices to the same patient space (one FrameOfReference). Each target
     voxel is placed in patient space, mapped into the source's index space and interpolated there
     (trilinear for ``order=1``). Target voxels outside the source get ``fill`` (the source minimum
-    by default).
+    by default). A target grid over ``max_voxels`` (default: the voxel budget of one ingested series,
+    :data:`~.dicom_scan.MAX_SERIES_VOXELS`) is refused (:class:`SeriesGeometryError`) before anything is
+    allocated.
     """
     from scipy.ndimage import map_coordinates
 
     src = np.asarray(volume, dtype=np.float32)
     if src.ndim != 3:
         raise ValueError(f"volume must be 3D (D, H, W), got shape {src.shape}")
+    if len(dst_shape) != 3 or min(int(s) for s in dst_shape) < 1:
+        raise ValueError(f"dst_shape needs 3 positive ints, got {tuple(dst_shape)}")
+    check_grid_voxels(dst_shape, MAX_SERIES_VOXELS if max_voxels is None else max_voxels, "the target grid")
     idx = np.indices(tuple(int(s) for s in dst_shape), dtype=np.float64).reshape(3, -1)
     m = np.linalg.inv(np.asarray(src_affine, dtype=np.float64)) @ np.asarray(dst_affine, dtype=np.float64)
     src_idx = m[:3, :3] @ idx + m[:3, 3:4]

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .geometry import VolumeGeometry, affine_lps_to_ras
+from .geometry import MAX_RESAMPLED_VOXELS, VolumeGeometry, affine_lps_to_ras, check_grid_voxels, resampled_shape
 
 __all__ = [
     "VolumeTransformConfig",
@@ -59,8 +59,21 @@ class VolumeTransformConfig:
     """Target orientation codes for ``monai.transforms.Orientation``."""
     mode: str = "bilinear"
     """Interpolation of the spacing resample (``"bilinear"`` or ``"nearest"``)."""
+    max_voxels: int = MAX_RESAMPLED_VOXELS
+    """Largest grid the spacing resample may allocate: a volume whose extent at ``target_spacing`` needs
+    more voxels is refused before resampling (a header's huge spacing must not ask for gigabytes). A
+    limit, not part of the recipe: :meth:`fingerprint` leaves it out."""
 
     def __post_init__(self):
+        if isinstance(self.max_voxels, bool) or not isinstance(self.max_voxels, int) or self.max_voxels < 1:
+            raise ValueError(f"max_voxels must be a positive int, got {self.max_voxels!r}")
+        if len(self.spatial_size) == 3 and all(isinstance(s, int) for s in self.spatial_size):
+            n = self.spatial_size[0] * self.spatial_size[1] * self.spatial_size[2]
+            if n > self.max_voxels:
+                raise ValueError(
+                    f"spatial_size {tuple(self.spatial_size)} holds {n} voxels, over max_voxels={self.max_voxels}; "
+                    "choose a smaller size or raise max_voxels"
+                )
         if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
             raise ValueError(f"target_spacing needs 3 positive mm values, got {self.target_spacing}")
         if len(self.spatial_size) != 3 or min(self.spatial_size) < 1:
@@ -76,7 +89,8 @@ class VolumeTransformConfig:
 
     def fingerprint(self) -> str:
         """This recipe as compact JSON: what a normalised row's ``normalization`` column holds."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        recipe = {k: v for k, v in asdict(self).items() if k != "max_voxels"}
+        return json.dumps(recipe, sort_keys=True, separators=(",", ":"))
 
 
 class VolumeNormalizer:
@@ -136,6 +150,12 @@ class VolumeNormalizer:
             raise ValueError(f"volume must be 3D, got shape {vol.shape}")
         if tuple(vol.shape) != geo.shape:
             raise ValueError(f"volume shape {vol.shape} differs from its geometry's shape {geo.shape}: wrong geometry")
+        # bound the resampled grid from the geometry alone, before MONAI allocates it
+        check_grid_voxels(
+            resampled_shape(geo, self.config.target_spacing),
+            self.config.max_voxels,
+            f"the grid resampled to {tuple(self.config.target_spacing)} mm",
+        )
         aff = torch.as_tensor(affine_lps_to_ras(geo.affine), dtype=torch.float64)
         # a copy: on a grid already in place, Orientation and Spacing hand the same storage on and the
         # intensity step then writes into it, which would change the caller's array

@@ -21,7 +21,7 @@ import numpy as np
 
 from .dicom_scan import MAX_SERIES_VOXELS, SliceHeader
 from .errors import DicomError, MissingDecoderError, MixedSeriesError, SeriesGeometryError
-from .geometry import GeometryTolerance, VolumeGeometry, sort_slices
+from .geometry import GeometryTolerance, VolumeGeometry, check_spacing, sort_slices
 
 __all__ = [
     "SeriesVolume",
@@ -202,6 +202,7 @@ def _check_consistent(headers: Sequence[SliceHeader], tol: GeometryTolerance) ->
     ps = np.asarray([h.pixel_spacing for h in headers])
     if np.abs(ps - ps[0]).max() > 1e-3 * max(ps[0].max(), 1e-6):
         raise MixedSeriesError("mixed series (slices with different PixelSpacing)")
+    check_spacing(ps[0], "PixelSpacing")  # before anything is sized from it
 
 
 # What decoding and the modality LUT need; reading only these skips converting the rest of the header.
@@ -368,6 +369,7 @@ def load_series(
     order = sort_slices(
         [h.position for h in headers], h0.orientation, tolerance=tolerance, fallback_spacing=h0.slice_thickness
     )
+    check_spacing([order.slice_spacing], "slice step (ImagePositionPatient along the normal, or SliceThickness)")
     ordered = [headers[i] for i in order.order]
 
     # read each file once; a multi-frame file serves all its frames
