@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import stat
+import struct
 import zipfile
 
 import pytest
@@ -15,6 +16,7 @@ from raylens.serve.limits import (
     check_batch,
     check_body_size,
     check_pixels,
+    declared_entries,
     error_body,
     error_response,
     is_safe_member_name,
@@ -146,3 +148,52 @@ def test_serve_error_pickles():
 
     e = pickle.loads(pickle.dumps(ServeError(413, "x", "y")))
     assert (e.status_code, e.code, e.message) == (413, "x", "y")
+
+
+def _corrupt_deflate_zip() -> bytes:
+    """A zip whose one deflated member has a corrupt stream (the first block says BTYPE=11, which zlib
+    refuses with zlib.error), headers and sizes intact."""
+    data = bytearray(_zip({"scan/1.dcm": bytes(range(256)) * 64}, compression=zipfile.ZIP_DEFLATED))
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        info = zf.infolist()[0]
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+    start = info.header_offset + 30 + name_len + extra_len  # first byte of the compressed stream
+    data[start] = 0xFF
+    return bytes(data)
+
+
+def test_a_corrupt_deflate_member_is_a_400_not_a_500(tmp_path):
+    import zlib
+
+    data = _corrupt_deflate_zip()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf, pytest.raises(zlib.error):  # what made the service answer 500
+        zf.read("scan/1.dcm")
+    assert _status(safe_zip_members, data) == (400, "bad_archive")
+    assert _status(safe_extract_zip, data, tmp_path / "out") == (400, "bad_archive")
+    status, body = error_response(pytest.raises(ServeError, safe_zip_members, data).value)
+    assert status == 400 and "scan/1.dcm" in body["error"]["message"]
+
+
+def _eocd(entries: int, *, zip64_entries: int | None = None) -> bytes:
+    """Only an end-of-central-directory record (optionally zip64) declaring ``entries``: no directory at all."""
+    out = b""
+    if zip64_entries is not None:
+        out += struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, zip64_entries, zip64_entries, 0, 0)
+        out += struct.pack("<4sLQL", b"PK\x06\x07", 0, 0, 1)
+    return out + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, min(entries, 0xFFFF), min(entries, 0xFFFF), 0, 0, 0)
+
+
+def test_the_entry_count_is_checked_before_the_central_directory_is_parsed():
+    """An archive declaring more entries than the limit allows is refused from its last 22 bytes (413),
+    not after zipfile has built one object per entry (which would answer 400 here: there is no directory)."""
+    lim = ServeLimits(max_files=10)
+    assert declared_entries(_eocd(21)) == 21
+    assert _status(safe_zip_members, _eocd(21), lim) == (413, "too_many_files")
+    assert _status(safe_zip_members, _eocd(0xFFFF, zip64_entries=2**40), lim) == (413, "too_many_files")
+    assert declared_entries(_eocd(0xFFFF, zip64_entries=2**40)) == 2**40
+    # within the limit, zipfile parses the (here empty) directory: no members, no error
+    assert safe_zip_members(_eocd(20), lim) == {}
+    # a real archive at the file limit with its folder entries passes; the files are counted exactly
+    entries = {f"d{i}/": b"" for i in range(10)} | {f"d{i}/f.dcm": b"x" for i in range(10)}
+    assert len(safe_zip_members(_zip(entries), lim)) == 10
+    assert _status(safe_zip_members, _zip(entries | {"extra.dcm": b"x"}), lim) == (413, "too_many_files")

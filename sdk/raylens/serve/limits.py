@@ -22,6 +22,7 @@ import io
 import os
 import posixpath
 import stat
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -45,6 +46,7 @@ __all__ = [
     "read_key_file",
     "API_KEY_FILE_ENV",
     "is_safe_member_name",
+    "declared_entries",
     "safe_zip_members",
     "safe_extract_zip",
     "error_body",
@@ -291,12 +293,61 @@ def _members(zf: zipfile.ZipFile, limits: ServeLimits) -> list[zipfile.ZipInfo]:
     return files
 
 
-def _open_zip(data: bytes) -> zipfile.ZipFile:
+_EOCD = struct.Struct(
+    "<4s4H2LH"
+)  # end of central directory: sig, disk, cd disk, entries here, entries, size, offset, comment
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")  # sig, disk, offset of the zip64 end record, disks
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")  # sig, size, versions, disks, entries here, entries, cd size, cd offset
+_MAX_COMMENT = 0xFFFF
+
+
+def declared_entries(data: bytes) -> int:
+    """How many entries the archive's end-of-central-directory record declares (zip64 included), read
+    from the last bytes alone, before any central directory entry is parsed. 400 when there is no such
+    record (not a zip archive).
+
+    >>> import io, zipfile
+    >>> buf = io.BytesIO()
+    >>> with zipfile.ZipFile(buf, "w") as zf:
+    ...     zf.writestr("a", b"1"); zf.writestr("b", b"2")
+    >>> declared_entries(buf.getvalue())
+    2
+    """
+    tail_start = max(0, len(data) - _EOCD.size - _MAX_COMMENT)
+    pos = bytes(data[tail_start:]).rfind(b"PK\x05\x06")
+    if pos < 0 or tail_start + pos + _EOCD.size > len(data):
+        raise ServeError(400, "bad_archive", "not a readable zip archive (no end of central directory record)")
+    pos += tail_start
+    _, _, _, _, entries, _, _, _ = _EOCD.unpack_from(data, pos)
+    loc = pos - _EOCD64_LOCATOR.size
+    if loc >= 0 and bytes(data[loc : loc + 4]) == b"PK\x06\x07":
+        _, _, offset64, _ = _EOCD64_LOCATOR.unpack_from(data, loc)
+        # the zip64 record sits right before its locator (a prefix before the archive shifts offsets)
+        start = loc - _EOCD64.size
+        if start >= 0 and bytes(data[start : start + 4]) == b"PK\x06\x06":
+            entries = max(entries, _EOCD64.unpack_from(data, start)[6])
+        elif offset64 + _EOCD64.size <= len(data) and bytes(data[offset64 : offset64 + 4]) == b"PK\x06\x06":
+            entries = max(entries, _EOCD64.unpack_from(data, offset64)[6])
+    return int(entries)
+
+
+def _open_zip(data: bytes, limits: ServeLimits) -> zipfile.ZipFile:
+    """The archive opened in memory, after its declared entry count passed the limit: zipfile parses
+    the whole central directory when it opens, so a directory of millions of entries is refused first."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected the archive as bytes, got {type(data).__name__}")
+    entries = declared_entries(data)
+    max_entries = 2 * limits.max_files  # files, plus as many folder entries
+    if entries > max_entries:
+        raise ServeError(
+            413,
+            "too_many_files",
+            f"archive declares {entries} entries, over the limit of {max_entries} "
+            f"({limits.max_files} files and as many folders)",
+        )
     try:
         return zipfile.ZipFile(io.BytesIO(bytes(data)))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
+    except Exception as e:  # BadZipFile, LargeZipFile, struct.error, ValueError, ...: whatever junk makes it raise
         raise ServeError(400, "bad_archive", f"not a readable zip archive ({type(e).__name__})") from None
 
 
@@ -305,7 +356,7 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: list[int]) 
     try:
         with zf.open(info) as f:
             out = f.read(info.file_size + 1)
-    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError, ValueError) as e:
+    except Exception as e:  # a corrupt deflate stream raises zlib.error; a bad CRC BadZipFile; and more
         raise ServeError(
             400, "bad_archive", f"archive member {info.filename!r} cannot be read ({type(e).__name__})"
         ) from None
@@ -321,9 +372,11 @@ def safe_zip_members(data: bytes, limits: ServeLimits = ServeLimits()) -> dict[s
     """Read a zip archive from memory into ``{member name: bytes}``, checked, without touching disk.
 
     Refused (400): not a zip, unsafe member paths (absolute, ``..``, drive letters, backslashes),
-    symbolic links, encryption. Refused (413): too many files, too many bytes, zip-bomb ratios.
+    symbolic links, encryption, a member that cannot be read (a corrupt deflate stream, a bad CRC).
+    Refused (413): too many files (the declared entry count is checked before the central directory
+    is parsed), too many bytes, zip-bomb ratios.
     """
-    zf = _open_zip(data)
+    zf = _open_zip(data, limits)
     with zf:
         infos = _members(zf, limits)
         budget = [limits.max_uncompressed_bytes]
@@ -337,7 +390,7 @@ def safe_extract_zip(data: bytes, target: str | os.PathLike, limits: ServeLimits
     """
     root = Path(target).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    zf = _open_zip(data)
+    zf = _open_zip(data, limits)
     written: list[Path] = []
     with zf:
         infos = _members(zf, limits)
