@@ -40,7 +40,14 @@ CLASSIFIER_LATENCY_MS = "raylens_classifier_latency_ms"
 WARMUP_BATCHES = (1, 8)
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(
+    num_replicas=1,
+    max_ongoing_requests=16,
+    max_queued_requests=64,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    ray_actor_options={"num_cpus": 0.25},
+)
 class Classifier:
     """Predicts class probabilities for decoded ``(H, W, 3)`` uint8 images."""
 

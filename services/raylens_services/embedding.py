@@ -43,6 +43,9 @@ ENCODE_TIMEOUT_S = 60.0
 
 @serve.deployment(
     max_ongoing_requests=64,
+    max_queued_requests=256,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
     ray_actor_options={"num_cpus": 0.25},
     autoscaling_config={
         "min_replicas": 1,

@@ -66,7 +66,14 @@ def parse_index_spec(spec: str | dict[str, str] | None) -> dict[str, str]:
     return out
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(
+    num_replicas=1,
+    max_ongoing_requests=128,
+    max_queued_requests=512,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    ray_actor_options={"num_cpus": 0.25},
+)
 class IndexServer:
     """Searches the named indices (the first is the default) with the embedding deployment's model.
 

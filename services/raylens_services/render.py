@@ -5,8 +5,15 @@
 (OpenGL convention, camera looking down -z) in the capture's original frame, as in its
 ``transforms.json``; the checkpoint's scene record maps them into the model's frame.
 ``POST /render/batch`` takes ``{"checkpoint", "cameras": [camera, ...]}`` (each camera as above) and
-answers JSON ``{"images": [base64 PNG, ...]}``. ``GET /checkpoints`` lists the names served,
-``GET /healthz`` says whether they loaded.
+answers JSON ``{"images": [base64 PNG, ...]}``. ``GET /checkpoints`` lists the names served.
+
+Doors (as the search service): ``GET /healthz`` is open and says only ``{"status": "up"}`` (200: a
+checkpoint is loaded) or ``"down"`` (503); ``GET /status`` (the checkpoints and why any did not load)
+and every other route need the API key, resolved when the app is built
+(:func:`raylens.serve.auth.resolve_auth`) and passed to every replica; without a key the service
+refuses to start on a non-loopback host unless ``open=true``. FastAPI's ``/docs``, ``/redoc`` and
+``/openapi.json`` are off. Both deployments have a ``check_health`` (repeated internal render
+failures fail it) and a bounded queue (``max_queued_requests``: 503 past it).
 
 Limits (:mod:`raylens.serve.limits`): the body size, the pixels rendered per request
 (``max_pixels``, over all cameras) and the cameras per request (``max_batch``) are refused with 413;
@@ -14,8 +21,9 @@ a malformed request, an unknown checkpoint or a degenerate camera with 4xx; ever
 ``{"error": {"status", "code", "message"}}``. The renderer deployment autoscales on requests in
 flight (see ``render.yaml``).
 
-Configuration: ``build_app`` arguments (``checkpoints: {name: dir}``, ``limits``) or the
-environment: ``RAYLENS_RENDER_CHECKPOINTS="name=dir,name2=dir2"``, ``RAYLENS_API_KEY``, the
+Configuration: ``build_app`` arguments (``checkpoints: {name: dir}``, ``limits``, ``api_key_file`` /
+``api_key`` / ``open``) or the environment where the app is built:
+``RAYLENS_RENDER_CHECKPOINTS="name=dir,name2=dir2"``, ``RAYLENS_API_KEY``/``RAYLENS_API_KEY_FILE``, the
 ``RAYLENS_MAX_*`` limits.
 
 Run: ``serve run services/raylens_services/render.yaml`` or
@@ -38,9 +46,11 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from raylens.serve.http import install_error_handlers, json_error, read_body, require_api_key
+from raylens.serve.auth import ServeAuth, resolve_auth
+from raylens.serve.http import install_error_handlers, json_error, json_response, read_body
 from raylens.serve.limits import ServeError, ServeLimits, check_batch, check_pixels
-from raylens.serve.observe import quiet_client_errors
+from raylens.serve.observe import FailureStreak, quiet_client_errors
+from raylens.serve.ray_apps import serve_http_host
 
 __all__ = [
     "api",
@@ -58,7 +68,9 @@ log = logging.getLogger("raylens.services.render")
 CHECKPOINTS_ENV = "RAYLENS_RENDER_CHECKPOINTS"
 """``name=dir,name2=dir2``: the checkpoints served when ``build_app`` is given none."""
 
-api = install_error_handlers(FastAPI(title="raylens NeRF render", version="1"))
+api = install_error_handlers(
+    FastAPI(title="raylens NeRF render", version="1", openapi_url=None, docs_url=None, redoc_url=None)
+)
 
 
 class LookAt(BaseModel):
@@ -129,6 +141,9 @@ def _c2w(camera: Camera):
 
 @serve.deployment(
     max_ongoing_requests=4,
+    max_queued_requests=32,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
     ray_actor_options={"num_cpus": 1},
     autoscaling_config={"min_replicas": 1, "initial_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 1},
 )
@@ -142,6 +157,7 @@ class NerfRenderer:
 
         quiet_client_errors()
         torch.set_num_threads(max(1, int(threads)))
+        self.failures = FailureStreak()
         self.nerfs, self.problems = {}, {}
         for name, path in checkpoints.items():
             try:
@@ -158,8 +174,21 @@ class NerfRenderer:
             "problems": dict(self.problems),
         }
 
+    def check_health(self) -> None:
+        """Serve's health check: renders are not failing inside the replica again and again."""
+        self.failures.check("NerfRenderer")
+
     def render(self, name: str, cameras: list[dict[str, Any]]) -> list[bytes]:
         """PNG bytes of each camera (already validated by the ingress: pose in the capture frame)."""
+        try:
+            out = self._render(name, cameras)
+        except Exception as exc:
+            self.failures.record(exc)  # a client's mistake (4xx) is not the replica's failure
+            raise
+        self.failures.ok()
+        return out
+
+    def _render(self, name: str, cameras: list[dict[str, Any]]) -> list[bytes]:
         from PIL import Image
 
         from raylens_domains.multiview.render_views import render_view
@@ -178,15 +207,41 @@ class NerfRenderer:
         return out
 
 
-@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(
+    max_ongoing_requests=64,
+    max_queued_requests=256,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    ray_actor_options={"num_cpus": 0.25},
+)
 @serve.ingress(api)
 class RenderIngress:
     """HTTP in front of :class:`NerfRenderer`: validation, limits, API key, PNG/JSON answers."""
 
-    def __init__(self, renderer: DeploymentHandle, limits: dict[str, Any] | None = None, default: str | None = None):
+    async def __init__(
+        self,
+        renderer: DeploymentHandle,
+        limits: dict[str, Any] | None = None,
+        default: str | None = None,
+        auth: ServeAuth | None = None,
+    ):
+        self.auth = auth if auth is not None else resolve_auth()
+        if not isinstance(self.auth, ServeAuth):
+            raise TypeError(
+                f"`auth` must be a ServeAuth (raylens.serve.auth.resolve_auth), got {type(self.auth).__name__}"
+            )
+        self.auth.check_bind(await serve_http_host())  # no key on a public address: refuse to start
         self.renderer = renderer
         self.limits = ServeLimits(**limits) if limits else ServeLimits.from_env()
         self.default = default
+
+    def _key(self, request: Request) -> None:
+        self.auth.check(request.headers.get("x-api-key") or request.headers.get("authorization"))
+
+    def check_health(self) -> None:
+        """Serve's health check: the replica holds its renderer handle (the renderer has its own check)."""
+        if self.renderer is None:
+            raise RuntimeError("RenderIngress: no renderer")
 
     async def _parse(self, request: Request, model: type[BaseModel]) -> BaseModel:
         body = await read_body(request, self.limits)
@@ -220,9 +275,20 @@ class RenderIngress:
         return name, out
 
     @api.get("/healthz")
-    async def healthz(self, request: Request):
+    async def healthz(self):
+        """Liveness, open: up (a checkpoint is loaded) or down, nothing else."""
         try:
-            require_api_key(request)
+            info = await asyncio.wait_for(self.renderer.info.remote(), timeout=5.0)
+            up = bool(info["checkpoints"])
+        except Exception:  # noqa: BLE001 - any failure to answer is "down"
+            up = False
+        return json_response({"status": "up" if up else "down"}, 200 if up else 503)
+
+    @api.get("/status")
+    async def status(self, request: Request):
+        """Details, behind the key: the checkpoints served and why any did not load."""
+        try:
+            self._key(request)
             info = await self.renderer.info.remote()
             return {
                 "ready": bool(info["checkpoints"]),
@@ -235,7 +301,7 @@ class RenderIngress:
     @api.get("/checkpoints")
     async def checkpoints(self, request: Request):
         try:
-            require_api_key(request)
+            self._key(request)
             return JSONResponse(await self.renderer.info.remote())
         except Exception as exc:  # noqa: BLE001
             return json_error(exc, logger=log)
@@ -243,7 +309,7 @@ class RenderIngress:
     @api.post("/render")
     async def render(self, request: Request):
         try:
-            require_api_key(request)
+            self._key(request)
             req = await self._parse(request, RenderRequest)
             name, cams = await self._cameras(req.checkpoint, [req])
             (png,) = await self.renderer.render.remote(name, cams)
@@ -254,7 +320,7 @@ class RenderIngress:
     @api.post("/render/batch")
     async def render_batch(self, request: Request):
         try:
-            require_api_key(request)
+            self._key(request)
             req = await self._parse(request, BatchRequest)
             name, cams = await self._cameras(req.checkpoint, req.cameras)
             pngs = await self.renderer.render.remote(name, cams)
@@ -269,8 +335,14 @@ def build_app(args: dict[str, Any] | None = None):
     ``limits`` (ServeLimits fields), ``default`` (the checkpoint a request without one gets),
     ``threads`` (torch threads per renderer replica)."""
     args = dict(args or {})
+    key_file = args.get("api_key_file")
+    auth = resolve_auth(
+        api_key=args.get("api_key"),
+        api_key_file=os.path.expanduser(key_file) if key_file else None,
+        open=str(args.get("open", "")).strip().lower() in ("true", "1", "yes", "on"),
+    )
     checkpoints = _parse_checkpoints(args.get("checkpoints") or os.environ.get(CHECKPOINTS_ENV))
     if not checkpoints:
         raise ValueError(f"no checkpoints to serve: pass checkpoints={{name: dir}} or set {CHECKPOINTS_ENV}=name=dir")
     renderer = NerfRenderer.bind(checkpoints, int(args.get("threads", 1)))
-    return RenderIngress.bind(renderer, args.get("limits"), args.get("default"))
+    return RenderIngress.bind(renderer, args.get("limits"), args.get("default"), auth)

@@ -144,7 +144,13 @@ class _RayMetrics(Observer):
         self._model_latency.observe(ms, tags={"route": route, "version": version})
 
 
-@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(
+    max_ongoing_requests=256,
+    max_queued_requests=512,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    ray_actor_options={"num_cpus": 0.25},
+)
 @serve.ingress()
 class SearchIngress:
     """HTTP in front of the model and index deployments: the API of :mod:`raylens.serve.search_api`,

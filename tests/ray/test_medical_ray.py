@@ -237,23 +237,27 @@ def test_serve_endpoint_predicts_from_a_zipped_upload(serve_port, phantom, tmp_p
         model, tmp_path / "ckpt", extra={"transform": {"target_spacing": [6.0, 6.0, 6.0], "spatial_size": [16, 16, 16]}}
     )
     port = serve_port
-    app = MedicalFusionService.options(
-        ray_actor_options={"num_cpus": 0.5, "runtime_env": {"env_vars": {"RAYLENS_API_KEY": "let-me-in"}}}
-    ).bind(
+    from raylens.serve.auth import resolve_auth
+
+    app = MedicalFusionService.options(ray_actor_options={"num_cpus": 0.5}).bind(
         checkpoint=str(tmp_path / "ckpt"),
         deid_key=KEY,
         limits={"max_body_bytes": 3_000_000, "max_pixels": 200_000, "max_batch": 2},
+        auth=resolve_auth(api_key="let-me-in", environ={}),  # resolved here, enforced by the replica
     )
     serve.run(app, name="medical-test", route_prefix="/medical")
     url = f"http://127.0.0.1:{port}/medical"
     auth = {"x-api-key": "let-me-in"}
     try:
-        # the API key from the replica's environment
-        assert requests.get(f"{url}/healthz", timeout=60).status_code == 401
-        assert requests.get(f"{url}/healthz", headers={"x-api-key": "nope"}, timeout=60).status_code == 401
+        # liveness is open and says only up; details need the key the app was built with
+        r = requests.get(f"{url}/healthz", timeout=60)
+        assert r.status_code == 200 and r.json() == {"status": "up"}
+        assert requests.get(f"{url}/status", timeout=60).status_code == 401
+        assert requests.get(f"{url}/status", headers={"x-api-key": "nope"}, timeout=60).status_code == 401
+        assert requests.get(f"{url}/docs", headers=auth, timeout=60).status_code == 404
         r = requests.post(f"{url}/predict", data=b"x", timeout=60)
         assert r.status_code == 401 and json.loads(r.text)["error"]["code"] == "unauthorized"
-        r = requests.get(f"{url}/healthz", headers={"authorization": "Bearer let-me-in"}, timeout=60)
+        r = requests.get(f"{url}/status", headers={"authorization": "Bearer let-me-in"}, timeout=60)
         assert r.status_code == 200 and r.json() == {"ready": True, "model": "mid", "problem": None}
 
         p = phantom.patients[0]

@@ -75,8 +75,12 @@ def _png(r: requests.Response) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(r.content)))
 
 
-def test_health_lists_the_checkpoint(service):
-    assert service["health"] == {"ready": True, "checkpoints": ["scene"], "problems": {}}
+def test_liveness_says_up_and_details_are_on_status(service):
+    assert service["health"] == {"status": "up"}
+    r = requests.get(f"{service['url']}/status", timeout=60)
+    assert r.status_code == 200 and r.json() == {"ready": True, "checkpoints": ["scene"], "problems": {}}
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert requests.get(f"{service['url']}{path}", timeout=60).status_code == 404, path
 
 
 def test_render_a_pose_and_a_look_at_camera_over_http(service):
