@@ -20,6 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from raylens.cli_cluster import cluster_app
+from raylens.cli_cluster import status as cluster_status
 from raylens.cli_options import OptionGroup, config_options, ray_train_options
 
 if TYPE_CHECKING:  # the configs config_options builds from the flags
@@ -59,6 +61,8 @@ demo_app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(demo_app, name="demo")
+app.add_typer(cluster_app, name="cluster")
+app.command("status")(cluster_status)
 
 
 @demo_app.callback()
