@@ -66,6 +66,31 @@ def test_parquet_embedded_bytes_and_paths(ray_session, tmp_path):
         read_captioned_images(tmp_path / "bad.parquet", ClipPreprocess(16))
 
 
+def test_captions_confined_to_an_image_root(ray_session, tmp_path):
+    """``image_root``: rows naming files outside it (``../``, absolute, a link out) are skipped with the
+    reason; rows inside are read."""
+    import os
+
+    from raylens.data.ray_reader import read_captioned_images
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    Image.fromarray(_image(5)).save(data_dir / "in.png")
+    Image.fromarray(_image(6)).save(tmp_path / "out.png")
+    os.symlink(tmp_path / "out.png", data_dir / "link.png")
+    (data_dir / "c.csv").write_text(
+        f"path,caption\nin.png,inside\n../out.png,dot-dot\n{tmp_path / 'out.png'},absolute\nlink.png,link out\n"
+    )
+    data = read_captioned_images(data_dir / "c.csv", ClipPreprocess(16), image_root=data_dir, batch_size=2)
+    rows = data.dataset.take_all()
+    assert [r["caption"] for r in rows] == ["inside"]
+    report = data.report()
+    assert report.n_ok == 1 and len(report.skipped) == 3
+    assert all(s.reason.startswith("outside the dataset root") for s in report.skipped)
+    with pytest.raises(NotADirectoryError, match="image_root"):
+        read_captioned_images(data_dir / "c.csv", ClipPreprocess(16), image_root=tmp_path / "nope")
+
+
 def test_image_folder(ray_session, tmp_path):
     from raylens.data.ray_folders import read_image_folder
 

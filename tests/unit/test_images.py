@@ -84,3 +84,48 @@ def test_read_image_file_refuses_devices_fifos_and_huge_files(tmp_path):
     assert read_image_file(big) == big.read_bytes()
     with pytest.raises(FileNotFoundError):
         read_image_file(tmp_path / "missing.png")
+
+
+def test_read_image_file_can_be_confined_to_the_dataset_root(tmp_path):
+    """``root``: only files inside the dataset root are read; ``../``, absolute paths elsewhere and
+    symbolic links pointing out are refused with the reason, and files inside still read."""
+    import os
+
+    from raylens.data.images import read_image_file
+
+    root, outside = tmp_path / "data", tmp_path / "secret"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "sub" / "a.png").write_bytes(b"inside")
+    (outside / "b.png").write_bytes(b"outside")
+    os.symlink(outside / "b.png", root / "link.png")
+    os.symlink(root / "sub" / "a.png", root / "ok_link.png")  # a link that stays inside is fine
+    assert read_image_file(root / "sub" / "a.png", root=root) == b"inside"
+    assert read_image_file(root / "ok_link.png", root=root) == b"inside"
+    for bad in (root / ".." / "secret" / "b.png", outside / "b.png", root / "link.png", root, "/etc/hostname"):
+        with pytest.raises(BadImage, match="outside the dataset root"):
+            read_image_file(bad, root=root)
+    assert read_image_file(root / "link.png") == b"outside"  # no root: any regular file, as before
+
+
+def test_decoded_batches_skip_rows_outside_the_root(tmp_path):
+    from raylens.data.decode import decode_captioned_batch
+
+    root = tmp_path / "data"
+    root.mkdir()
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, "PNG")
+    (root / "in.png").write_bytes(buf.getvalue())
+    (tmp_path / "out.png").write_bytes(buf.getvalue())
+    batch = {
+        "path": np.asarray([str(root / "in.png"), str(tmp_path / "out.png")]),
+        "caption": np.asarray(["a red square", "a red square"]),
+    }
+    pre = ClipPreprocess(16)
+    out, skipped = decode_captioned_batch(dict(batch), pre, root=str(root))
+    assert list(out["path"]) == [str(root / "in.png")] and out["image"].shape == (1, 3, 16, 16)
+    assert [(s.path, s.reason) for s in skipped] == [
+        (str(tmp_path / "out.png"), f"outside the dataset root {str(root)!r} (image_root confines reads to it)")
+    ]
+    out, skipped = decode_captioned_batch(dict(batch), pre)
+    assert len(out["path"]) == 2 and not skipped

@@ -47,6 +47,7 @@ def decode_captioned_batch(
     *,
     require_caption: bool = True,
     epochs: Sequence[int] | None = None,
+    root: str | None = None,
 ) -> tuple[dict[str, np.ndarray], list[SkippedRow]]:
     """Decode and preprocess each row of ``batch``.
 
@@ -54,7 +55,9 @@ def decode_captioned_batch(
     image) and, optionally, ``image_bytes`` (used instead of reading ``path``) and
     ``caption``; every other column is carried through. Output adds ``image`` (N, 3, S, S) float32
     and drops ``image_bytes``. Rows that cannot be used are left out and returned as skips.
-    ``epochs`` (one per row, default 0) is passed with the path to keyed transforms.
+    ``epochs`` (one per row, default 0) is passed with the path to keyed transforms. ``root``: read
+    image files only inside this directory (see :func:`~raylens.data.images.read_image_file`); a path
+    outside it is a skipped row.
     """
     paths = [str(p) for p in batch["path"]]
     n = len(paths)
@@ -72,7 +75,7 @@ def decode_captioned_batch(
             skipped.append(SkippedRow(path, f"remote URL ({_REMOTE_FIX})"))
             continue
         try:
-            data = raw[i] if embedded else read_image_file(path)
+            data = raw[i] if embedded else read_image_file(path, root=root)
             image = decode_image(bytes(data))
             images.append(apply_transform(preprocess, image, path, epochs[i] if epochs is not None else 0))
         except FileNotFoundError:

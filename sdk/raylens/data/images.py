@@ -39,20 +39,31 @@ class BadImage(ValueError):
     """Raised by :func:`decode_image` for bytes that are not a usable image; ``str(e)`` is the reason."""
 
 
-def read_image_file(path: str | os.PathLike, *, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+def read_image_file(
+    path: str | os.PathLike, *, max_bytes: int = MAX_IMAGE_BYTES, root: str | os.PathLike | None = None
+) -> bytes:
     """The bytes of the image file ``path``: a regular file of at most ``max_bytes``.
 
     A path a captions table names may be ``/dev/zero``, a FIFO or a huge file; each is refused
     (:class:`BadImage`) without reading more than ``max_bytes + 1`` bytes. A missing file raises
-    ``FileNotFoundError``, an unreadable one ``OSError``.
+    ``FileNotFoundError``, an unreadable one ``OSError``. With ``root``, the file must also lie inside
+    that directory once every symbolic link is resolved (``../``, absolute paths elsewhere and links
+    pointing out are refused), and it is opened by that resolved path without following a link at
+    its last component, so a link swapped in after the check is refused too.
 
     >>> read_image_file("/dev/zero")
     Traceback (most recent call last):
     ...
     raylens.data.images.BadImage: not a regular file (a device, FIFO or socket)
     """
-    # O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever (no effect on files)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)  # a FIFO with no writer would otherwise wait forever
+    if root is not None:
+        real_root = os.path.realpath(root)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real_root, real]) != real_root or real == real_root:
+            raise BadImage(f"outside the dataset root {os.fspath(root)!r} (image_root confines reads to it)")
+        path, flags = real, flags | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
     with os.fdopen(fd, "rb", buffering=0) as f:
         info = os.fstat(f.fileno())
         if stat.S_ISDIR(info.st_mode):

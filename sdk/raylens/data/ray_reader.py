@@ -73,24 +73,25 @@ def _select_split(batch: dict[str, np.ndarray], *, split: str) -> dict[str, np.n
 
 
 def decode_and_report(
-    batch: dict[str, np.ndarray], *, preprocess: ImageTransform, reporter
+    batch: dict[str, np.ndarray], *, preprocess: ImageTransform, reporter, root: str | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
     """:func:`decode_captioned_batch` inside a Ray task: skips and ok rows go to ``reporter``, and
     keyed (random) transforms get each row's pass count as its epoch. Yields the decoded batch
-    unless every row was skipped (an empty tensor column does not convert to Arrow)."""
+    unless every row was skipped (an empty tensor column does not convert to Arrow). ``root``: read
+    image files only inside this directory."""
     paths = [str(p) for p in batch["path"]]
     epochs = ray.get(reporter.visit.remote(paths)) if getattr(preprocess, "keyed", False) else None
-    out, skipped = decode_captioned_batch(batch, preprocess, epochs=epochs)
+    out, skipped = decode_captioned_batch(batch, preprocess, epochs=epochs, root=root)
     ray.get(reporter.record.remote([str(p) for p in out["path"]], [(s.path, s.reason) for s in skipped]))
     if len(out["path"]):
         yield out
 
 
 def _decode_udf(
-    batch: dict[str, np.ndarray], *, preprocess: ImageTransform, base: str, reporter
+    batch: dict[str, np.ndarray], *, preprocess: ImageTransform, base: str, reporter, root: str | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
     batch["path"] = np.asarray([resolve_image_path(p, base) for p in map(str, batch["path"])])
-    yield from decode_and_report(batch, preprocess=preprocess, reporter=reporter)
+    yield from decode_and_report(batch, preprocess=preprocess, reporter=reporter, root=root)
 
 
 def blocks_for(rows: float, batch_size: int) -> int:
@@ -115,6 +116,7 @@ def read_captioned_images(
     split: str | None = None,
     batch_size: int = 128,
     override_num_blocks: int | None = None,
+    image_root: str | Path | None = None,
 ) -> ReadResult:
     """Read a captions file and its images as a streaming Ray dataset.
 
@@ -130,6 +132,9 @@ def read_captioned_images(
         split: keep only rows with this ``split`` value.
         batch_size: rows per decode task batch.
         override_num_blocks: read blocks (default: about one per ``batch_size`` rows).
+        image_root: read image files only inside this directory (e.g. the captions file's folder): a
+            row naming a file elsewhere (``../``, an absolute path, a symbolic link out) is a skipped row.
+            Default None: any local regular file the table names (each still at most 256 MiB).
 
     Returns:
         A :class:`~raylens.data.result.ReadResult`; rows: ``image`` (3, S, S) float32, ``path``,
@@ -141,6 +146,11 @@ def read_captioned_images(
     """
     layout = inspect_captions(captions, columns)
     path = Path(layout.path)
+    if image_root is not None and not Path(image_root).is_dir():
+        raise NotADirectoryError(
+            f"image_root {str(image_root)!r} is not a directory; pass the folder holding the images"
+        )
+    root = None if image_root is None else str(Path(image_root).resolve())
     if split is not None and "split" not in layout.roles and "split" not in layout.columns:
         raise ValueError(f"split={split!r} was asked for but {str(path)!r} has no 'split' column")
     is_parquet = layout.format == "parquet"
@@ -168,6 +178,11 @@ def read_captioned_images(
         _decode_udf,
         batch_size=batch_size,
         batch_format="numpy",
-        fn_kwargs={"preprocess": preprocess, "base": str(path if path.is_dir() else path.parent), "reporter": reporter},
+        fn_kwargs={
+            "preprocess": preprocess,
+            "base": str(path if path.is_dir() else path.parent),
+            "reporter": reporter,
+            "root": root,
+        },
     )
     return ReadResult(ds, str(path), ActorReport(reporter))
