@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from raylens.search import ModelIdentity
 from raylens.serve.observe import BATCH_BOUNDARIES, EMBED_BATCH_SIZE, FailureStreak, quiet_client_errors
+from raylens_services.retry import call_async, call_sync
 
 __all__ = [
     "ClipEmbedder",
@@ -138,7 +139,8 @@ class EmbedderClient:
     """The search core's :class:`raylens.search.Encoder` over a :class:`ClipEmbedder` deployment.
 
     Its encode calls block until the embedder answers, so the core runs in a worker thread (never on
-    a replica's event loop). Make one with ``await EmbedderClient.connect(handle)``.
+    a replica's event loop); a call whose embedder replica dies under it is sent again to a live one
+    (:mod:`raylens_services.retry`). Make one with ``await EmbedderClient.connect(handle)``.
     """
 
     def __init__(self, handle: DeploymentHandle, identity: ModelIdentity):
@@ -148,14 +150,20 @@ class EmbedderClient:
     @classmethod
     async def connect(cls, handle: DeploymentHandle) -> EmbedderClient:
         """Ask the embedder which model it serves (the identity the indices are checked against)."""
-        info = await handle.info.remote()
+        info = await call_async(lambda: handle.info.remote(), "embedder.info")
         return cls(handle, ModelIdentity(info["model"], info["checkpoint_hash"], int(info["dim"])))
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return self.handle.embed_texts.remote(list(texts)).result(timeout_s=ENCODE_TIMEOUT_S)
+        texts = list(texts)
+        return call_sync(
+            lambda: self.handle.embed_texts.remote(texts).result(timeout_s=ENCODE_TIMEOUT_S), "embedder.embed_texts"
+        )
 
     def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
-        return self.handle.embed_images.remote(list(images)).result(timeout_s=ENCODE_TIMEOUT_S)
+        images = list(images)
+        return call_sync(
+            lambda: self.handle.embed_images.remote(images).result(timeout_s=ENCODE_TIMEOUT_S), "embedder.embed_images"
+        )
 
 
 app = ClipEmbedder.bind()

@@ -26,6 +26,7 @@ Run: ``serve run services/raylens_services/search.yaml``, ``raylens serve``, or
 # No ``from __future__ import annotations``: FastAPI reads the route functions' real annotations.
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from raylens.serve.search_api import Observer, create_search_api
 from raylens_services.classify import Classifier
 from raylens_services.embedding import CHECKPOINT_ENV, ClipEmbedder
 from raylens_services.indices import INDEX_ENV, IndexServer, parse_index_spec
+from raylens_services.retry import call_async
 
 __all__ = ["SearchIngress", "HandleBackend", "build_app", "app", "CLASSIFIER_ENV"]
 
@@ -52,7 +54,11 @@ STATIC = Path(__file__).parent / "static"
 
 
 class HandleBackend:
-    """The search API's backend (:class:`raylens.serve.search_api.SearchBackend`) over deployment handles."""
+    """The search API's backend (:class:`raylens.serve.search_api.SearchBackend`) over deployment handles.
+
+    Every call reads and never writes, so a call whose replica dies under it is sent again (a live
+    replica, or the replacement, takes it): :mod:`raylens_services.retry`.
+    """
 
     def __init__(self, embedder: DeploymentHandle, indices: DeploymentHandle, classifiers: dict[str, DeploymentHandle]):
         self.embedder = embedder
@@ -60,19 +66,19 @@ class HandleBackend:
         self.classifiers = classifiers
 
     async def ready(self) -> bool:
-        return bool((await self.indices.describe.remote())["indices"])
+        return bool((await self._describe())["indices"])
 
     async def status(self) -> dict[str, Any]:
         problems = []
-        info = await self.embedder.info.remote()
-        catalog = await self.indices.describe.remote()  # every open index matched the model when attached
+        info = await call_async(lambda: self.embedder.info.remote(), "embedder.info")
+        catalog = await self._describe()  # every open index matched the model when attached
         if not catalog["indices"]:
             problems.append(f"no index is open; set {INDEX_ENV} or the service's `indices`")
         if catalog.get("swap_error"):
             problems.append(f"the last index swap failed (the indices above still serve): {catalog['swap_error']}")
         versions = {}
         for v, handle in self.classifiers.items():
-            c = await handle.info.remote()
+            c = await call_async(lambda h=handle: h.info.remote(), f"classifier {v}.info")
             versions[v] = {k: c.get(k) for k in ("version", "ready", "kind", "classes", "checkpoint_hash")}
             if not c.get("ready"):
                 problems.append(f"classifier {v} is not ready")
@@ -84,17 +90,25 @@ class HandleBackend:
             "problems": problems,
         }
 
+    async def _describe(self) -> dict[str, Any]:
+        return await call_async(lambda: self.indices.describe.remote(), "indices.describe")
+
     async def describe(self) -> dict[str, Any]:
-        return await self.indices.describe.remote()
+        return await self._describe()
 
     async def search(self, query: SearchQuery) -> dict[str, Any]:
-        return await self.indices.search.remote(query)  # batched with concurrent searches over there
+        # batched with concurrent searches over there; sent again if the index replica dies under it
+        return await call_async(lambda: self.indices.search.remote(query), "indices.search")
 
     async def embed(self, kind: str, items: list[Any]) -> dict[str, Any]:
         method = self.embedder.embed_text if kind == "text" else self.embedder.embed_image
-        responses = [method.remote(x) for x in items]  # one call each: the replica batches them
-        vectors = [await r for r in responses]
-        info = await self.embedder.info.remote()
+        # one call each (the replica batches them); one that dies with its replica is sent again alone
+        responses = [method.remote(x) for x in items]
+        vectors = [
+            await call_async(_first(r, lambda x=x: method.remote(x)), "embedder.embed")
+            for x, r in zip(items, responses)
+        ]
+        info = await call_async(lambda: self.embedder.info.remote(), "embedder.info")
         return {
             "model": info["model"],
             "checkpoint_hash": info["checkpoint_hash"],
@@ -103,11 +117,23 @@ class HandleBackend:
         }
 
     async def classify(self, version: str, images: list[np.ndarray]) -> dict[str, Any]:
-        result = await self.classifiers[version].predict.remote(images)
+        handle = self.classifiers[version]
+        result = await call_async(lambda: handle.predict.remote(images), f"classifier {version}.predict")
         return {k: result.get(k) for k in ("kind", "checkpoint_hash", "predictions")}
 
     async def image(self, index: str, item_id: int, max_bytes: int) -> tuple[bytes, str]:
-        return await self.indices.image.remote(index, item_id, max_bytes)
+        return await call_async(lambda: self.indices.image.remote(index, item_id, max_bytes), "indices.image")
+
+
+def _first(response: Any, again: Callable[[], Any]) -> Callable[[], Any]:
+    """A call maker for :func:`call_async` whose first call is ``response``, already sent (so the
+    calls of one request go out together), and any later one ``again()``."""
+    sent = [response]
+
+    def make():
+        return sent.pop() if sent else again()
+
+    return make
 
 
 class _RayMetrics(Observer):
