@@ -5,7 +5,10 @@ plus ``KEY.txt`` (the caption) and/or ``KEY.json`` (with a ``"caption"`` field),
 next to each other. A key is the member name up to the first dot of its file name, as webdataset's
 ``base_plus_ext`` splits it. Shards are read as a stream, one sample at a time, so a shard never
 sits in memory whole; a sample without image or caption, and a truncated or unreadable tar, become
-skipped rows named ``SHARD.tar:KEY``.
+skipped rows named ``SHARD.tar:KEY``. So does a sample whose ``.txt``/``.json`` member is not text
+(NUL bytes or invalid UTF-8): tar keeps no checksum of member data, so a corrupt size field makes
+one member swallow the next members' headers and data, and the sample would otherwise come out with
+that binary junk as its caption.
 """
 
 from __future__ import annotations
@@ -111,9 +114,28 @@ def _split_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), (ext.lower() if dot else "")
 
 
+def _not_text(members: dict[str, bytes]) -> str | None:
+    """Why a caption member is not text (None when every one is): binary data where a caption
+    should be means the shard is corrupt (a member's size field swallowing the next members)."""
+    for ext in TEXT_EXTS:
+        data = members.get(ext)
+        if data is None:
+            continue
+        if b"\0" in data:
+            return f"{ext} member is not text (NUL bytes): the shard may be corrupt; re-create or re-download it"
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return (
+                f"{ext} member is not UTF-8 text (byte {e.start}): the shard may be corrupt; "
+                "re-create it, writing captions as UTF-8"
+            )
+    return None
+
+
 def _caption(members: dict[str, bytes]) -> str | None:
     if "txt" in members:
-        text = members["txt"].decode("utf-8", errors="replace").strip()
+        text = members["txt"].decode("utf-8").strip()
         if text:
             return text
     if "json" in members:
@@ -133,6 +155,9 @@ def _sample(shard: str, key: str, members: dict[str, bytes]) -> WdsSample | Skip
         return SkippedRow(path, members["__oversize__"].decode())
     if "__duplicate__" in members:
         return SkippedRow(path, f"duplicate member ({key}.{members['__duplicate__'].decode()})")
+    not_text = _not_text(members)
+    if not_text is not None:
+        return SkippedRow(path, not_text)
     image_ext = next((e for e in IMAGE_EXTS if e in members), None)
     caption = _caption(members)
     if image_ext is None:
