@@ -194,7 +194,9 @@ def train_clip(
     ),
     hflip: bool = typer.Option(False, "--hflip", help="Also flip training images left-right at random."),
     randaugment: bool = typer.Option(False, "--randaugment", help="Also apply RandAugment to training images."),
-    workdir: Path = typer.Option(Path("raylens-train"), help="Where curves.png, history.csv and confusion.png go."),
+    workdir: Path | None = typer.Option(
+        None, help="Where curves.png, history.csv and confusion.png go (default: STORAGE/NAME/outputs)."
+    ),
     *,
     cfg: ClipTrainConfig,
     opts: RayTrainOptions,

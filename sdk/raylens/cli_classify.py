@@ -101,9 +101,10 @@ def train_classify(
     model_arg: list[str] | None = typer.Option(
         None, "--model-arg", metavar="KEY=VALUE", help="A model factory argument, e.g. patch_size=8; repeatable."
     ),
-    workdir: Path = typer.Option(
-        Path("raylens-train-classify"),
-        help="Where curves.png, history.csv, metrics.json, per_class.csv, confusion.png and model/ go.",
+    workdir: Path | None = typer.Option(
+        None,
+        help="Where curves.png, history.csv, metrics.json, per_class.csv, confusion.png and model/ go "
+        "(default: STORAGE/NAME/outputs, beside the checkpoints).",
     ),
     *,
     cfg,
@@ -122,6 +123,7 @@ def train_classify(
 
       raylens train classify data/pets --val data/pets-val --image-size 224 --model timm/convnext_atto --randaugment --gpu
     """
+    from raylens.train.outputs import print_outputs
     from raylens.train.ray_classify import ClassifyJob, run_classify_job
 
     console = Console()
@@ -161,8 +163,7 @@ def train_classify(
     )
     if out.test_metrics is not None:
         console.print(metrics_table(out.test_metrics, title=f"final metrics on {out.evaluated_on}"))
-    console.print(f"[green]checkpoint[/green] {out.train.checkpoint}")
-    console.print("[green]files[/green] " + "  ".join(f"{k}: {v}" for k, v in out.files.items()))
+    print_outputs(console, out.opts, out.train.location, out.files)
 
 
 TRAIN_COMMANDS.register("classify", doc="Image classifiers (ViT, CNNs, timm) on labelled images.")(train_classify)

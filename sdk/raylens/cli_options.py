@@ -496,7 +496,7 @@ def ray_train_options(param: str = "opts", section: str = "ray") -> OptionGroup:
     >>> ray_train_options().flag("num_workers"), ray_train_options().flag("max_failures")
     ('--workers', '--max-failures')
     """
-    from raylens.train.options import RayTrainOptions  # the class raylens.train.ray_clip re-exports
+    from raylens.train.options import PLACEMENTS, RayTrainOptions  # the class raylens.train.ray_clip re-exports
 
     return OptionGroup(
         RayTrainOptions,
@@ -504,5 +504,6 @@ def ray_train_options(param: str = "opts", section: str = "ray") -> OptionGroup:
         section=section,
         flags=RAY_TRAIN_FLAGS,
         hidden=RAY_TRAIN_HIDDEN,
+        choices={"placement": PLACEMENTS},
         panel="Where it runs (Ray Train)",
     )

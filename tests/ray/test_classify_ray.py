@@ -81,9 +81,9 @@ def test_two_workers_train_checkpoint_evaluate_and_report_bad_rows(ray_session, 
     # no test data: the final model is scored on the validation table
     assert out.evaluated_on.endswith("labels.csv") and out.test_metrics.n == 12
     for key in ("curves", "history", "per_class", "confusion", "metrics", "ingest"):
-        assert out.files[key].stat().st_size > 100, key
-    assert read_checkpoint(out.files["model"]).config["image_size"] == 16
-    summary = json.loads(out.files["metrics"].read_text())
+        assert Path(out.files[key]).stat().st_size > 100, key
+    assert read_checkpoint(Path(out.files["model"])).config["image_size"] == 16
+    summary = json.loads(Path(out.files["metrics"]).read_text())
     assert summary["test"]["top1"] == out.test_metrics.top1 and summary["epochs_run"] == 2
 
     skipped = {row["path"].rsplit("/", 1)[-1]: row["reason"] for r in out.ingest.values() for row in r["skipped"]}

@@ -58,11 +58,12 @@ class FusionJob:
     """Voxel size in mm after resampling."""
     pair_by: str = "study"
     """Pair CT and MR series of one ``study`` or of one ``patient``."""
-    workdir: Path = Path("raylens-train-fusion")
-    """Where curves.png, history.csv, roc.png, ingest_report.json (and generated phantoms) go."""
+    workdir: Path | None = None
+    """Where curves.png, history.csv, roc.png and ingest_report.json go; None: ``STORAGE/NAME/outputs``
+    (:class:`raylens.train.outputs.RunOutputs`)."""
 
     def __post_init__(self):
-        self.workdir = Path(self.workdir)
+        self.workdir = Path(self.workdir) if self.workdir is not None else None
         if self.data != PHANTOMS:
             if not Path(self.data).exists():
                 raise ValueError(f"data {self.data!r} does not exist: give a DICOM folder or DICOMDIR, or 'phantoms'")
@@ -116,6 +117,7 @@ def run_fusion_job(job: FusionJob, cfg: FusionTrainConfig, opts: RayTrainOptions
     from rich.console import Console
 
     from raylens.runtime import init_ray
+    from raylens.train.outputs import RunOutputs, named_run, print_outputs
     from raylens.train.ray_recipe import final_table, write_run_outputs
 
     from .deid import DeidConfig
@@ -127,12 +129,14 @@ def run_fusion_job(job: FusionJob, cfg: FusionTrainConfig, opts: RayTrainOptions
     from .transforms import VolumeTransformConfig
 
     console = console or Console()
-    work = job.workdir
+    opts = named_run(opts, "fusion")
+    outputs = RunOutputs.for_run(opts, job.workdir)
+    work = outputs.local
     work.mkdir(parents=True, exist_ok=True)
     if job.data == PHANTOMS:
         from .phantom import PhantomConfig, generate_phantoms
 
-        ph = generate_phantoms(work / "phantoms", PhantomConfig(n_patients=job.patients, seed=cfg.seed))
+        ph = generate_phantoms(outputs.scratch / "phantoms", PhantomConfig(n_patients=job.patients, seed=cfg.seed))
         root, labels, deid = ph.root, ph.labels(), DeidConfig(key=_PHANTOM_KEY)
         console.print(f"[green]phantoms[/green] {len(ph.patients)} patients, {ph.n_files} DICOM files in {root}")
     else:
@@ -163,13 +167,14 @@ def run_fusion_job(job: FusionJob, cfg: FusionTrainConfig, opts: RayTrainOptions
     if not result.history or result.checkpoint is None:
         raise RuntimeError("training reported nothing: see the worker errors above")
     console.print(final_table(result))
-    pictures = write_run_outputs(result, work, title=f"{cfg.model} fusion on {n_train} studies")[:1]
+    curves, history = write_run_outputs(result, work, title=f"{cfg.model} fusion on {n_train} studies")
     val_rows = val_ds.select_columns(TRAIN_COLUMNS).take_all()
     val = {k: np.stack([np.asarray(r[k]) for r in val_rows]) for k in TRAIN_COLUMNS}
     probs = predict_proba(load_checkpoint(result.checkpoint), val)
-    pictures.append(save_roc_png({cfg.model: (val["label"], probs)}, work / "roc.png", title="validation ROC"))
-    console.print(f"[green]checkpoint[/green] {result.checkpoint}  ({result.seconds:.0f} s)")
-    console.print("[green]pictures[/green] " + "  ".join(str(p) for p in pictures))
+    roc = save_roc_png({cfg.model: (val["label"], probs)}, work / "roc.png", title="validation ROC")
+    console.print(f"[green]trained[/green] {result.steps} steps in {result.seconds:.0f} s")
+    files = {"curves": curves, "history": history, "roc": roc, "ingest": work / "ingest_report.json"}
+    print_outputs(console, opts, result.location, outputs.publish(files))
     return result
 
 
@@ -219,8 +224,9 @@ def train_fusion_command(
         metavar="NAME=VALUE",
         help="A model argument, repeatable: fuse_stage=layer3, fuse=attention, combine=logit.",
     ),
-    workdir: Path = typer.Option(
-        Path("raylens-train-fusion"), help="Where curves.png, history.csv, roc.png and ingest_report.json go."
+    workdir: Path | None = typer.Option(
+        None,
+        help="Where curves.png, history.csv, roc.png and ingest_report.json go (default: STORAGE/NAME/outputs).",
     ),
     *,
     cfg: FusionTrainConfig,

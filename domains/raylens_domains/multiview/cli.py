@@ -7,7 +7,7 @@
     raylens render CHECKPOINT --pose "1 0 0 0 0 1 0 0 0 0 1 4 0 0 0 1" --out view.png
 
 ``train nerf`` writes the checkpoint (a ``raylens.checkpoint/1`` directory with the scene record),
-and under ``--workdir``: ``curves.png``, ``psnr_vs_time.png``, ``history.csv``, ``test_views.png``
+and under ``STORAGE/NAME/outputs`` (or ``--workdir``): ``curves.png``, ``psnr_vs_time.png``, ``history.csv``, ``test_views.png``
 (renders next to ground truth) and ``turntable.mp4``.
 """
 
@@ -156,8 +156,10 @@ def train_nerf_command(
     model_arg: list[str] | None = typer.Option(
         None, metavar="NAME=VALUE", help="A model argument, repeatable: resolution=128, sh_degree=0."
     ),
-    workdir: Path = typer.Option(
-        Path("raylens-train-nerf"), help="Where test_views.png, turntable.mp4, curves.png and psnr_vs_time.png go."
+    workdir: Path | None = typer.Option(
+        None,
+        help="Where test_views.png, turntable.mp4, curves.png and psnr_vs_time.png go "
+        "(default: STORAGE/NAME/outputs, beside the checkpoints).",
     ),
     renders: bool = typer.Option(True, help="Render the held-out views and a turntable after training."),
     address: str | None = typer.Option(None, help="With --backend nerfstudio: the Ray cluster's job address."),
@@ -193,10 +195,13 @@ def train_nerf_command(
         )
         return
     from raylens.runtime import init_ray
+    from raylens.train.outputs import RunOutputs, named_run, print_outputs
     from raylens_domains.multiview.ray_train import fit_nerf
 
     if model_arg:
         cfg.model_args.update(parse_model_args(model_arg))
+    opts = named_run(opts, "nerf")
+    outputs = RunOutputs.for_run(opts, workdir)
     init_ray()
     result: TrainResult = fit_nerf(data, cfg, opts, data_opts)
     if result.checkpoint is None:
@@ -207,14 +212,14 @@ def train_nerf_command(
         f"[bold]done[/bold]: {result.steps} steps in {result.seconds:.0f}s; held-out PSNR "
         f"{m.get('val_psnr', float('nan')):.2f} dB, SSIM {m.get('val_ssim', float('nan')):.3f}"
     )
-    console.print(f"checkpoint: {result.checkpoint}")
+    files: dict[str, Path] = {}
     if renders:
-        out = write_outputs(Path(result.checkpoint), data, workdir, data_opts)
+        out = write_outputs(Path(result.checkpoint), data, outputs.local, data_opts)
         for label, path in (("test views", out.test_grid), ("turntable", out.video)):
             if path is not None:
-                console.print(f"{label}: {path}")
-        for p in out.curves:
-            console.print(f"curves: {p}")
+                files[label] = path
+        files.update({p.stem: p for p in out.curves})
+    print_outputs(console, opts, result.location, outputs.publish(files))
 
 
 @COMMANDS.register("render", doc="Render a NeRF checkpoint: any pose, a look-at camera, or a turntable video.")

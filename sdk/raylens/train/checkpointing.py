@@ -30,7 +30,8 @@ True
 >>> history = [{"step": 1, "epoch": 0, "loss": 1.0, "lr": 0.1}]
 >>> kept = report(ctx, history[-1], write=lambda d: write_checkpoint(
 ...     d, net, optimizer=opt, step=1, epoch=0, history=history, extra={"train": {"lr": 0.1}}))
->>> r = resume(ctx, net, opt)
+>>> r = resume(ctx, net, opt)  # doctest: +ELLIPSIS
+resumed from ... at step 1 (epoch 1 done)
 >>> (r.step, r.next_epoch, len(r.history)), sorted(p.name for p in kept.iterdir())
 ((1, 1, 1), ['config.json', 'curves.png', 'history.csv', 'history.json', 'model.safetensors', 'train_state.pt'])
 """
@@ -203,7 +204,8 @@ def resume(ctx: TrainContext, module, optimizer, *, scheduler=None, scaler=None,
     if latest is None:
         return None
     resumed = load_training_state(latest, module, optimizer, scheduler=scheduler, scaler=scaler, device=device)
-    log.info("resumed from %s at step %d (epoch %d)", latest, resumed.step, resumed.epoch)
+    if ctx.rank == 0:  # a user resubmitting a stopped job wants to see that it picked up where it stopped
+        print(f"resumed from {latest} at step {resumed.step} (epoch {resumed.epoch + 1} done)", flush=True)
     return resumed
 
 

@@ -18,7 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RayTrainOptions", "DEFAULT_STORAGE", "CLUSTER_RETRIES"]
+__all__ = ["RayTrainOptions", "DEFAULT_STORAGE", "CLUSTER_RETRIES", "PLACEMENTS"]
+
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+"""How workers are placed on nodes (Ray placement-group strategies)."""
 
 CLUSTER_RETRIES = 3
 """Worker-group restarts a run on a multi-node cluster gets when ``max_failures`` is not given."""
@@ -40,6 +43,9 @@ class RayTrainOptions:
     cpus_per_worker: float | None = None
     """CPUs reserved per worker; None leaves one CPU of the cluster for the data ingest (see
     ``raylens.runtime.cpus_per_replica``). Torch uses max(1, round(cpus)) threads."""
+    placement: str = "PACK"
+    """How workers are placed on nodes: PACK (as few nodes as possible), SPREAD (over as many as
+    possible), STRICT_SPREAD (one worker per node, or wait) or STRICT_PACK (all on one node)."""
     storage_path: str | None = None
     """Where checkpoints go; shared storage (NFS/S3) on a multi-node cluster. Default: ~/.raylens/runs."""
     name: str | None = None
@@ -75,6 +81,8 @@ class RayTrainOptions:
                 f"`shuffle_buffer` must be >= 0 rows (0 = no local shuffle), got {self.shuffle_buffer}; "
                 "or None for the training kind's default"
             )
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"`placement` must be one of {PLACEMENTS}, got {self.placement!r}")
         if str(self.log_level).upper() not in _LOG_LEVELS:
             raise ValueError(f"`log_level` must be one of {_LOG_LEVELS}, got {self.log_level!r}")
         self.log_level = str(self.log_level).upper()

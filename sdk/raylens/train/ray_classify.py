@@ -163,11 +163,12 @@ class ClassifyJob:
     """A label table's label column."""
     path_column: str | None = None
     """A label table's image column (default: found by name)."""
-    workdir: Path = Path("raylens-train-classify")
-    """Where curves.png, history.csv, metrics.json, per_class.csv, confusion.png, model/ and ingest reports go."""
+    workdir: Path | None = None
+    """Where curves.png, history.csv, metrics.json, per_class.csv, confusion.png, model/ and ingest reports
+    go; None: ``STORAGE/NAME/outputs`` (:class:`raylens.train.outputs.RunOutputs`)."""
 
     def __post_init__(self):
-        self.workdir = Path(self.workdir)
+        self.workdir = Path(self.workdir) if self.workdir is not None else None
         if not isinstance(self.data, str) or not self.data:
             raise ValueError(f"`data` must be 'digits', a class-folder root or a label table, got {self.data!r}")
         if not 0 <= self.val_fraction < 1:
@@ -185,10 +186,13 @@ class ClassifyJobResult:
     """The final model on the test data (or on the validation data when there is no test data)."""
     evaluated_on: str | None = None
     """What ``test_metrics`` were computed on."""
-    files: dict[str, Path] = field(default_factory=dict)
-    """``curves``, ``history``, ``metrics``, ``per_class``, ``confusion``, ``model``, ``ingest``."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Where each output is (a local path, or a URI under the run's storage): ``curves``, ``history``,
+    ``metrics``, ``per_class``, ``confusion``, ``model``, ``ingest``."""
     ingest: dict[str, Any] = field(default_factory=dict)
     """Each source's ingest report (rows read, rows skipped with reasons)."""
+    opts: RayTrainOptions | None = None
+    """The run's options, with its name (given or made up): the same name and storage resume it."""
 
 
 def _read(spec: str, preprocess, job: ClassifyJob, cfg: ClassifyTrainConfig, **kw: Any) -> LabelledRead:
@@ -232,16 +236,18 @@ def run_classify_job(
     from raylens.models import save_model
     from raylens.models.classifier_hub import load_classifier
     from raylens.runtime import init_ray
+    from raylens.train.outputs import RunOutputs, named_run
     from raylens.train.ray_recipe import write_run_outputs
 
-    opts = opts or RayTrainOptions()
+    opts = named_run(opts or RayTrainOptions(), "classify")
+    outputs = RunOutputs.for_run(opts, job.workdir)
     init_ray()
-    work = job.workdir
+    work = outputs.local
     work.mkdir(parents=True, exist_ok=True)
     data, test = job.data, job.test
     if data == "digits":
         data_dir, test_dir = write_digits_folders(
-            work / f"digits-{cfg.image_size}", image_size=cfg.image_size, seed=cfg.seed
+            outputs.scratch / f"digits-{cfg.image_size}", image_size=cfg.image_size, seed=cfg.seed
         )
         data, test = str(data_dir), test or str(test_dir)
     eval_pre = ClipPreprocess(cfg.image_size, tuple(cfg.mean), tuple(cfg.std))
@@ -300,7 +306,7 @@ def run_classify_job(
     files["ingest"] = work / "ingest_report.json"
     files["ingest"].write_text(json.dumps(ingest, indent=2))
     summary = {
-        "checkpoint": str(result.checkpoint),
+        "checkpoint": result.location,
         "seconds": result.seconds,
         "steps": result.steps,
         "epochs_run": len(result.history),
@@ -312,4 +318,7 @@ def run_classify_job(
     }
     files["metrics"] = work / "metrics.json"
     files["metrics"].write_text(json.dumps(summary, indent=2, default=str))
-    return ClassifyJobResult(result, classes, metrics, scored.name if scored is not None else None, files, ingest)
+    where = outputs.publish(files)
+    return ClassifyJobResult(
+        result, classes, metrics, scored.name if scored is not None else None, where, ingest, opts=opts
+    )

@@ -18,7 +18,6 @@ On Ray (skipped as a doctest: it starts Ray Train workers):
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import shutil
 import tempfile
@@ -33,7 +32,7 @@ import ray.train
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from raylens.train.checkpointing import HISTORY_FILE, read_history
+from raylens.train.checkpointing import read_history
 from raylens.train.options import RayTrainOptions
 from raylens.train.result import TrainResult
 
@@ -192,19 +191,20 @@ def _run_loop(loop: Loop, config: dict[str, Any]) -> None:
         ctx.close()
 
 
-def _final(checkpoint: ray.train.Checkpoint | None, seconds: float) -> TrainResult:
+def _final(checkpoint: ray.train.Checkpoint | None, seconds: float, storage: str) -> TrainResult:
+    """The run's result; a checkpoint on remote storage is downloaded, so callers read a local folder."""
     if checkpoint is None:
         return TrainResult(None, [], 0, seconds)
+    location = checkpoint.path
     if is_local_filesystem(checkpoint.filesystem):
-        history = read_history(checkpoint.path)
+        local = Path(checkpoint.path)
     else:
-        try:
-            with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{HISTORY_FILE}") as f:
-                history = json.loads(f.read())
-        except (FileNotFoundError, OSError):
-            history = []
+        scheme = storage.split("://", 1)[0] if "://" in storage else checkpoint.filesystem.type_name
+        location = f"{scheme}://{checkpoint.path}"
+        local = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="raylens-checkpoint-")))
+    history = read_history(local)
     steps = int(history[-1].get("step", 0)) if history else 0
-    return TrainResult(Path(checkpoint.path), history, steps, seconds)
+    return TrainResult(local, history, steps, seconds, location=location)
 
 
 def fit(
@@ -248,7 +248,10 @@ def fit(
         functools.partial(_run_loop, loop),
         train_loop_config={"loop_config": loop_config, "run": run, "threads": opts.torch_threads(cpus)},
         scaling_config=ScalingConfig(
-            num_workers=opts.num_workers, use_gpu=opts.use_gpu, resources_per_worker={"CPU": cpus}
+            num_workers=opts.num_workers,
+            use_gpu=opts.use_gpu,
+            resources_per_worker={"CPU": cpus},
+            placement_strategy=opts.placement,
         ),
         run_config=RunConfig(
             name=opts.name,
@@ -262,4 +265,4 @@ def fit(
     )
     t0 = time.perf_counter()
     result = trainer.fit()
-    return _final(result.checkpoint, time.perf_counter() - t0)
+    return _final(result.checkpoint, time.perf_counter() - t0, run["storage_path"])

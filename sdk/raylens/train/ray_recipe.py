@@ -32,7 +32,8 @@ class TrainJob:
     """Eval data spec; ``digits`` evaluates on the held-out digits. None: no evaluation."""
     train_split: str | None = None
     eval_split: str | None = None
-    workdir: Path = Path("raylens-train")
+    workdir: Path | None = None
+    """Where the outputs go; None: ``STORAGE/NAME/outputs`` (:class:`raylens.train.outputs.RunOutputs`)."""
     templates: list[str] | None = None
     """Zero-shot prompt templates; None: the eval source's own, else the config's."""
     augment: bool = False
@@ -87,11 +88,14 @@ def _confusion_png(checkpoint: Path, cfg: ClipTrainConfig, eval_ds: Any, classes
 def run_train_job(
     job: TrainJob, cfg: ClipTrainConfig, opts: RayTrainOptions, console: Console | None = None
 ) -> TrainResult:
-    """Train as ``job`` says; returns the result and leaves curves (+ confusion matrix) in ``job.workdir``."""
+    """Train as ``job`` says; returns the result and leaves curves (+ confusion matrix) under the run's outputs."""
     from raylens.models import create_model
     from raylens.runtime import init_ray
+    from raylens.train.outputs import RunOutputs, named_run, print_outputs
 
     console = console or Console()
+    opts = named_run(opts, "clip")
+    outputs = RunOutputs.for_run(opts, job.workdir)
     init_ray()
     preprocess = create_model(cfg.model).preprocess
     train_pre = preprocess
@@ -126,13 +130,14 @@ def run_train_job(
     console.print(f"[green]ingest[/green] {train.report().summary()}")
     if not result.history:
         raise RuntimeError("training reported nothing: see the worker errors above")
-    work = Path(job.workdir)
+    work = outputs.local
     console.print(final_table(result))
-    pictures = write_run_outputs(result, work, title=f"{cfg.model} on {train.name}")[:1]
+    curves, history = write_run_outputs(result, work, title=f"{cfg.model} on {train.name}")
+    files = {"curves": curves, "history": history}
     if evals is not None and cfg.zeroshot_classes:
-        pictures.append(
-            _confusion_png(result.checkpoint, cfg, evals.dataset, cfg.zeroshot_classes, work / "confusion.png")
+        files["confusion"] = _confusion_png(
+            result.checkpoint, cfg, evals.dataset, cfg.zeroshot_classes, work / "confusion.png"
         )
-    console.print(f"[green]checkpoint[/green] {result.checkpoint}  ({result.seconds:.0f} s)")
-    console.print("[green]pictures[/green] " + "  ".join(str(p) for p in pictures))
+    console.print(f"[green]trained[/green] {result.steps} steps in {result.seconds:.0f} s")
+    print_outputs(console, opts, result.location, outputs.publish(files))
     return result

@@ -26,6 +26,13 @@ class TrainResult:
     """Optimizer steps done, counting those before a resume."""
     seconds: float = 0.0
     """Wall-clock time of this call (a resumed run counts only its own part)."""
+    location: str | None = None
+    """Where the final checkpoint is kept: ``checkpoint`` itself on local storage, else its URI
+    (``s3://...``; ``checkpoint`` is then a local copy)."""
+
+    def __post_init__(self):
+        if self.location is None and self.checkpoint is not None:
+            self.location = str(self.checkpoint)
 
     @property
     def final_loss(self) -> float:
