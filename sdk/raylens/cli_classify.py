@@ -151,7 +151,7 @@ def train_classify(
     out = run_classify_job(job, cfg, opts)
     for name, report in out.ingest.items():
         skipped = report["n_skipped"]
-        console.print(f"[green]ingest[/green] {name}: {report['n_ok']} rows read, {skipped} skipped")
+        console.print(f"[green]ingest[/green] {name}: {report['n_ok']} rows read, {skipped} skipped", soft_wrap=True)
         for row in report["skipped"][:5]:
             console.print(f"    skipped {row['path']}: {row['reason']}")
         if skipped > 5:
@@ -162,7 +162,8 @@ def train_classify(
         + (" (stopped early)" if last.get("stopped_early") else "")
     )
     if out.test_metrics is not None:
-        console.print(metrics_table(out.test_metrics, title=f"final metrics on {out.evaluated_on}"))
+        console.print(f"[green]scored[/green] on {out.evaluated_on}", soft_wrap=True)
+        console.print(metrics_table(out.test_metrics, title="final metrics"))
     print_outputs(console, out.opts, out.train.location, out.files)
 
 

@@ -4,8 +4,32 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 
-__all__ = ["init_ray", "pick_device", "cpus_per_replica", "quiet_logs"]
+__all__ = ["init_ray", "pick_device", "cpus_per_replica", "quiet_logs", "is_ray_noise"]
+
+_RAY_NOISE = re.compile(
+    "|".join(
+        (
+            # Ray Train's own PreemptionWatcher actor, logged by the C++ core worker on every run
+            r"core_worker\.cc:\d+: Actor with class name: '\w+' .*constructor arguments in the object store",
+            r"^Progress bars disabled\. To enable",  # Ray Data, once per process, with bars off on purpose
+        )
+    )
+)
+
+
+def is_ray_noise(line: str) -> bool:
+    """Whether a line a Ray worker printed is Ray's internal chatter a user cannot act on.
+
+    >>> is_ray_noise("[2026-12-01 17:18:56,408 E 1795 1866] core_worker.cc:2465: Actor with class name: "
+    ...              "'PreemptionWatcher' and ID: '07a7' has constructor arguments in the object store and ...")
+    True
+    >>> is_ray_noise("epoch   1/2  loss 1.70"), is_ray_noise("ValueError: bad row")
+    (False, False)
+    """
+    return bool(_RAY_NOISE.search(line))
 
 
 def pick_device() -> str:
@@ -35,17 +59,66 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
         logging_level=logging.WARNING if quiet else logging.INFO,
         log_to_driver=True,
     )
+    env_vars: dict[str, str] = {}
     if quiet:
         # Ray Train's controller and Ray Data's split coordinator run their own executions: without
         # this, each epoch of a training shard prints a "Dataset ... execution finished" line.
-        kwargs["runtime_env"] = {"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_DATA_LOG_LEVEL": "WARNING"}}
+        # Deprecation warnings raised inside Ray's own workers (Ray Data's ExecutionOptions) are Ray's to fix.
+        env_vars |= {
+            "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+            "RAY_DATA_LOG_LEVEL": "WARNING",
+            "PYTHONWARNINGS": "ignore::DeprecationWarning",
+        }
     if address:
+        if env_vars:
+            kwargs["runtime_env"] = {"env_vars": env_vars}
         ctx = ray.init(address=address, **kwargs)
     else:
-        # the dashboard also serves the state API that Ray Train's placement-group cleaner polls
-        ctx = ray.init(num_cpus=num_cpus, **kwargs)
+        # The dashboard serves the state API that Ray Train's placement-group cleaner polls from inside
+        # an actor; named here, it finds this Ray even when other Rays run on the machine (otherwise
+        # it dies with "Found multiple active Ray instances").
+        port = _free_port()
+        env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        kwargs["runtime_env"] = {"env_vars": env_vars}
+        if quiet:  # a local Ray turns token auth on by itself and says so: nothing for the user to do
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        ctx = ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port, **kwargs)
     _quiet_progress(quiet)
+    if quiet:
+        _filter_worker_logs()
     return ctx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _filter_worker_logs() -> None:
+    """Drop :func:`is_ray_noise` lines from what Ray's workers print to this driver's console (the
+    workers' log files keep everything)."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:  # pragma: no cover - other Ray versions: the console stays as Ray prints it
+        return
+    with dispatcher._lock:
+        wrapped = []
+        for name, handler in dispatcher.handlers:
+            if name == "ray_print_logs" and not getattr(handler, "raylens_filtered", False):
+                handler = _without_noise(handler)
+            wrapped.append((name, handler))
+        dispatcher.handlers = wrapped
+
+
+def _without_noise(handler):
+    def handle(data):
+        lines = [line for line in data.get("lines", []) if not is_ray_noise(line)]
+        if lines:
+            handler({**data, "lines": lines})
+
+    handle.raylens_filtered = True
+    return handle
 
 
 def quiet_logs() -> None:
@@ -55,6 +128,7 @@ def quiet_logs() -> None:
 
     logging.getLogger().setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*all_gather is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")  # Ray's internals, Ray's to fix
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
     try:

@@ -79,6 +79,10 @@ def test_training_job_spreads_over_both_nodes_stops_and_resumes(cluster, tmp_pat
     assert any(str(outputs / "curves.png") in line for line in tail), tail
     assert "resumed from" in second.logs and f"epoch {done_before} done" in second.logs, second.logs[-5000:]
     assert not (REPO / "raylens-train-classify").exists()
+    # quiet: nothing of Ray's internals a user cannot act on (C++ core-worker errors, tracebacks of Ray's
+    # own threads, deprecation warnings raised inside Ray, progress-bar notices)
+    for noise in ("core_worker.cc", "Traceback", "DeprecationWarning", "Progress bars disabled"):
+        assert noise not in second.logs, f"{noise!r} in the job's log:\n{second.logs[-5000:]}"
 
 
 def test_ray_data_ingest_spreads_its_tasks_over_both_nodes(cluster, tmp_path):
