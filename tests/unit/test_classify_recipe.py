@@ -69,6 +69,9 @@ def _cfg(**kw):
         ({"crop_scale": 0.0}, "`crop_scale` must be in"),
         ({"std": [1, 0, 1]}, "`std` must be > 0"),
         ({"mean": [0.5, 0.5]}, "`mean` must be 3 numbers"),
+        ({"distill_alpha": 1.5}, "`distill_alpha` must be in"),
+        ({"distill_temperature": 0}, "`distill_temperature` must be > 0"),
+        ({"teacher": "/no/such/model"}, "`teacher` '/no/such/model' is no checkpoint folder"),
     ],
 )
 def test_config_errors_name_the_field(kw, message):
@@ -232,6 +235,31 @@ def test_the_loop_learns_reports_every_epoch_and_writes_a_servable_checkpoint(tm
     model = load_classifier(result.checkpoint)
     with torch.no_grad():
         assert model(torch.as_tensor(val["image"])).argmax(1).eq(torch.as_tensor(val["label"])).float().mean() > 0.9
+
+
+def test_a_student_learns_from_a_teacher_checkpoint_and_a_foreign_teacher_is_refused(tmp_path):
+    """Distillation in the loop: the student's loss mixes the teacher's soft targets with the labels."""
+    from raylens.classify.distill import distillation_loss
+    from raylens.train.classify_loop import load_teacher
+
+    data, val = _blobs(96), _blobs(48, seed=1)
+    teacher_run = train_classifier(
+        _cfg(epochs=4), data, LocalContext(storage=tmp_path / "t", device="cpu"), classes=CLASSES, val=val
+    )
+    cfg = _cfg(epochs=8, teacher=str(teacher_run.checkpoint), distill_alpha=0.5, distill_temperature=2.0)
+    student = train_classifier(cfg, data, LocalContext(storage=tmp_path / "s", device="cpu"), classes=CLASSES, val=val)
+    assert student.val_metrics.top1 > 0.9
+    # the reported loss is the distillation loss, not plain cross-entropy: recompute one batch both ways
+    teacher = load_teacher(cfg, CLASSES)
+    x, y = torch.as_tensor(val["image"]), torch.as_tensor(val["label"])
+    with torch.no_grad():
+        s_logits, t_logits = student.model(x), teacher(x)
+        kd = distillation_loss(s_logits, t_logits, y, temperature=2.0, alpha=0.5, label_smoothing=cfg.label_smoothing)
+        ce = torch.nn.functional.cross_entropy(s_logits, y, label_smoothing=cfg.label_smoothing)
+    assert not torch.isclose(kd, ce)
+    assert all(not p.requires_grad for p in teacher.parameters()) and not teacher.training
+    with pytest.raises(ValueError, match="distil from a teacher trained on the same class list"):
+        load_teacher(cfg, list(reversed(CLASSES)))
 
 
 class _Interrupted(RuntimeError):

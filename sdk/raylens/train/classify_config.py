@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 __all__ = ["ClassifyTrainConfig", "IMBALANCE", "PRECISIONS", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -84,6 +85,14 @@ class ClassifyTrainConfig:
     ema_decay: float | None = None
     """Keep an exponential moving average of the weights with this decay (0.999 is usual) and
     evaluate it; saved as ema.safetensors in each checkpoint. None: no EMA."""
+    teacher: str | None = None
+    """A trained classifier checkpoint (a ``model/`` folder from ``raylens train classify``) whose soft
+    targets the model also learns (knowledge distillation, Hinton et al.; a CNN teacher lifts a ViT
+    trained on little data, as in DeiT). It must predict the same classes in the same order. None: no teacher."""
+    distill_alpha: float = 0.5
+    """With a teacher: the weight of its soft targets; the rest goes to the labels."""
+    distill_temperature: float = 4.0
+    """With a teacher: the softmax temperature of both models' logits in the distillation term."""
     early_stop_patience: int = 0
     """Stop when validation top-1 has not improved for this many evaluations (0: never stop early)."""
     early_stop_min_delta: float = 0.0
@@ -154,6 +163,14 @@ class ClassifyTrainConfig:
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(
                 f"`ema_decay` must be in (0, 1) (0.999 is usual), or None for no EMA, got {self.ema_decay}"
+            )
+        if not 0 <= self.distill_alpha <= 1:
+            raise ValueError(f"`distill_alpha` must be in [0, 1], got {self.distill_alpha}")
+        if not self.distill_temperature > 0:
+            raise ValueError(f"`distill_temperature` must be > 0, got {self.distill_temperature}")
+        if self.teacher is not None and not Path(self.teacher).expanduser().is_dir():
+            raise ValueError(
+                f"`teacher` {self.teacher!r} is no checkpoint folder; give the model/ folder a classifier run wrote"
             )
         if not isinstance(self.early_stop_patience, int) or self.early_stop_patience < 0:
             raise ValueError(

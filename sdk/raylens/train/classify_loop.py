@@ -43,6 +43,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,7 @@ __all__ = [
     "decay_groups",
     "warmup_cosine",
     "classification_loss",
+    "load_teacher",
     "inverse_frequency_weights",
     "weighted_resample",
     "random_translate",
@@ -365,6 +367,24 @@ class ClassifyTrainResult(TrainResult):
     """The epoch of the best validation top-1 (None without validation)."""
 
 
+def load_teacher(cfg: ClassifyTrainConfig, classes: Sequence[str], device: torch.device | str = "cpu") -> nn.Module:
+    """``cfg.teacher``, frozen in eval mode on ``device``; an error unless it predicts ``classes`` in order."""
+    from raylens.models.checkpoint import read_checkpoint
+    from raylens.models.classifier_hub import load_classifier
+
+    path = Path(cfg.teacher).expanduser()
+    theirs = read_checkpoint(path).config.get("classes")
+    if theirs is not None and list(theirs) != list(classes):
+        raise ValueError(
+            f"teacher {str(path)!r} predicts the classes {list(theirs)[:8]}..., not this run's {list(classes)[:8]}...: "
+            "distil from a teacher trained on the same class list"
+        )
+    teacher = load_classifier(path, device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
 def _tensor(value: Any, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=dtype or value.dtype)
@@ -470,6 +490,7 @@ def train_classifier(
             label_smoothing=cfg.label_smoothing,
         )
 
+    teacher = load_teacher(cfg, classes, device) if cfg.teacher else None
     opt = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr)
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -531,12 +552,26 @@ def train_classifier(
                 x, targets = mixed.images, mixed.targets
             with autocast():
                 logits = net(x)
-            loss = classification_loss(
-                logits,
-                targets,
-                label_smoothing=cfg.label_smoothing if targets.ndim == 1 else 0.0,
-                focal_gamma=cfg.focal_gamma if cfg.imbalance == "focal" else 0.0,
-            )
+            if teacher is not None:
+                from raylens.classify.distill import distillation_loss
+
+                with torch.no_grad(), autocast():
+                    teacher_logits = teacher(x)
+                loss = distillation_loss(
+                    logits.float(),
+                    teacher_logits.float(),
+                    targets,
+                    temperature=cfg.distill_temperature,
+                    alpha=cfg.distill_alpha,
+                    label_smoothing=cfg.label_smoothing if targets.ndim == 1 else 0.0,
+                )
+            else:
+                loss = classification_loss(
+                    logits,
+                    targets,
+                    label_smoothing=cfg.label_smoothing if targets.ndim == 1 else 0.0,
+                    focal_gamma=cfg.focal_gamma if cfg.imbalance == "focal" else 0.0,
+                )
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

@@ -31,7 +31,7 @@ from raylens.data.labelled import write_digits_folders
 from raylens.data.ray_labelled import LabelledRead, read_labelled_images
 from raylens.train.classify_config import ClassifyTrainConfig
 from raylens.train.classify_eval import ClassifyMetrics, evaluate_classifier
-from raylens.train.classify_loop import build_classifier, resolve_batch_transform, train_classifier
+from raylens.train.classify_loop import build_classifier, load_teacher, resolve_batch_transform, train_classifier
 from raylens.train.options import RayTrainOptions
 from raylens.train.ray_fit import RayContext, fit
 from raylens.train.result import TrainResult
@@ -270,6 +270,8 @@ def run_classify_job(
     test_read = _read(test, eval_pre, job, cfg, classes=classes) if test else None
     # name, head, kind and adversarial transform checked here, before any worker starts
     build_classifier(cfg, len(classes))
+    if cfg.teacher:  # its kind and class list, checked before any worker starts
+        load_teacher(cfg, classes)
     resolve_batch_transform(cfg.adversarial, cfg.adversarial_args, mean=cfg.mean, std=cfg.std)
     extra = {
         "data": {"train": train.name, "val": val.name if val else None, "test": test_read.name if test_read else None}
