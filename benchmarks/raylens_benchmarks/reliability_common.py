@@ -23,8 +23,25 @@ __all__ = [
     "closed_loop",
     "constant_rate",
     "summarize",
+    "timeline",
     "search_service",
 ]
+
+
+def timeline(outcomes: list[Outcome], bucket_s: float = 1.0) -> list[dict[str, Any]]:
+    """Per ``bucket_s`` of send time: requests, failures and p99 latency (ms)."""
+    buckets: dict[int, list[Outcome]] = {}
+    for o in outcomes:
+        buckets.setdefault(int(o.t // bucket_s), []).append(o)
+    return [
+        {
+            "t_s": round(k * bucket_s, 1),
+            "requests": len(v),
+            "failed": sum(o.status != 200 for o in v),
+            "p99_ms": round(float(np.percentile([o.latency_s for o in v], 99)) * 1000, 1),
+        }
+        for k, v in sorted(buckets.items())
+    ]
 
 
 def load_average() -> list[float]:
@@ -175,9 +192,13 @@ def constant_rate(
     return asyncio.run(_constant_rate(url, bodies, headers, rate, seconds, max_in_flight, tick))
 
 
-def summarize(outcomes: list[Outcome], t_from: float = 0.0, t_to: float = float("inf")) -> dict[str, Any]:
-    """Requests sent in ``[t_from, t_to)``: count, failures by status, p50/p99/max latency."""
-    sel = [o for o in outcomes if t_from <= o.t < t_to]
+def summarize(
+    outcomes: list[Outcome], t_from: float = 0.0, t_to: float = float("inf"), *, in_flight: bool = False
+) -> dict[str, Any]:
+    """Requests sent in ``[t_from, t_to)`` (with ``in_flight``, also those sent earlier and still
+    unanswered at ``t_from``: a kill's window holds the requests the killed replica had): count,
+    failures by status, p50/p99/max latency."""
+    sel = [o for o in outcomes if o.t < t_to and (o.t >= t_from or (in_flight and o.t + o.latency_s >= t_from))]
     lat = np.asarray([o.latency_s for o in sel]) if sel else np.zeros(0)
     failed: dict[str, int] = {}
     for o in sel:

@@ -3,11 +3,13 @@ under load while replicas die, and under a constant load for minutes.
 
 **reliability-serve-kill** (the README's "a Serve replica killed under load (c=32)"): the search
 service on 127.0.0.1 with 2 embedder and 2 index replicas (a random-init ``clip-tiny`` checkpoint;
-an index of clustered vectors), 32 clients in a closed loop of ``POST /search`` (text, k=10). While
-they run, one embedder replica's process is killed (SIGKILL), and once Serve has replaced it, one
-index replica's. Each kill's recovery window runs from the kill until the replacement replica is
-running (+2 s). Figures: failed searches (any status but 200, or no answer) in each window and over
-the whole run, and p50/p99 latency in the windows. The same run is made twice: with the service's
+an index of clustered vectors), 32 clients in a closed loop of ``POST /search`` (text, k=10) for
+90 s. At 15 s one embedder replica's process is killed (SIGKILL), at 55 s one index replica's (the
+embedder's replacement may still be starting then). Each kill's recovery window holds the requests
+in flight at the kill and those sent after it until the replacement replica is running (+2 s).
+Figures: failed searches (any status but 200, or no answer) over the whole run and in each window
+(``failed_in_windows`` sums the windows: when they overlap, a request in both counts twice), p50/p99
+latency in the windows, and a per-second timeline. The same run is made twice: with the service's
 retries (``RAYLENS_SERVE_RETRIES``, default 2: a call whose replica died is sent again to a live
 one) and with them off (``RAYLENS_SERVE_RETRIES=0``, the service before the fix). Goal: 0 failed
 searches, p99 < 2 s in the recovery windows. ``--quick``: the embedder kill only, with retries only,
@@ -38,6 +40,7 @@ from raylens_benchmarks.reliability_common import (
     rss_bytes,
     search_service,
     summarize,
+    timeline,
 )
 
 APP = "raylens-reliability"
@@ -108,13 +111,14 @@ def _kill_run(
         end = r.get("recovered_at_s")
         if start is not None:
             stop = (end + RECOVERY_TAIL_S) if end is not None else float("inf")
-            r["window"] = summarize(outcomes, start, stop)
+            r["window"] = summarize(outcomes, start, stop, in_flight=True)
         windows.append(r)
     return {
         "retries": retries,
         "load_s": seconds,
         "kills": windows,
         "whole_run": summarize(outcomes),
+        "timeline": timeline(outcomes),
         "failed_in_windows": sum(w.get("window", {}).get("failed", 0) for w in windows),
         "p99_ms_in_windows": max((w["window"]["p99_ms"] or 0) for w in windows if "window" in w)
         if any("window" in w for w in windows)
@@ -164,7 +168,7 @@ def bench_reliability_serve_kill(quick: bool, workdir: Path) -> BenchResult:
             "replicas": REPLICAS,
             "kills": [{"at_s": at, "deployment": d, "signal": "SIGKILL"} for at, d in kills],
             "load_s": seconds,
-            "recovery_window": f"from the kill until the replacement replica runs, + {RECOVERY_TAIL_S} s",
+            "recovery_window": f"requests in flight at the kill or sent after it, until the replacement replica runs + {RECOVERY_TAIL_S} s",
             "index_vectors": 20_000,
             "model": "clip-tiny (random init)",
             "client": "aiohttp closed loop in the benchmark process, 127.0.0.1",
