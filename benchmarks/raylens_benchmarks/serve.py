@@ -247,6 +247,7 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
         "ClipEmbedder": {
             **{k: v for k, v in options["ClipEmbedder"].items() if k != "autoscaling_config"},
             "num_replicas": 1,
+            "autoscaling_config": None,  # the class's own autoscaling stays on unless switched off here
         },
     }
     args = {"indices": {"bench": str(workdir / "index")}, "options": fixed}
