@@ -82,7 +82,7 @@ def test_raylens_train_nerf_on_tiny_settings(ray_session, capture, tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
-    assert "held-out PSNR" in r.output and "checkpoint:" in r.output
+    assert "held-out PSNR" in r.output and "checkpoint " in r.output
     for name in ("test_views.png", "curves.png", "psnr_vs_time.png", "history.csv"):
         assert (workdir / name).is_file(), name
     assert any(p.stem == "turntable" for p in workdir.iterdir())

@@ -98,6 +98,8 @@ class ClipModel:
     @torch.inference_mode()
     def encode_images(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """``(N, 3, S, S)`` preprocessed images -> ``(N, D)`` unit vectors."""
+        if isinstance(images, np.ndarray) and not images.flags.writeable:
+            images = images.copy()  # Ray's object store hands out read-only views; torch wants writable memory
         x = torch.as_tensor(images, dtype=torch.float32, device=self.device)
         if x.ndim != 4 or x.shape[1:] != (3, self.spec.image_size, self.spec.image_size):
             s = self.spec.image_size
