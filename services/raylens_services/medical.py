@@ -42,10 +42,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from ray import serve
 
-from raylens.serve.auth import ServeAuth, resolve_auth
+from raylens.serve.auth import ServeAuth, app_flag, resolve_auth
 from raylens.serve.http import install_error_handlers, json_error, json_response, read_body
 from raylens.serve.limits import ServeError, ServeLimits, check_batch, check_pixels, safe_zip_members
 from raylens.serve.observe import FailureStreak, quiet_client_errors
+from raylens.serve.openapi import ERROR_SCHEMA
 from raylens.serve.ray_apps import serve_http_host
 
 __all__ = [
@@ -202,25 +203,7 @@ def medical_openapi(limits: ServeLimits, *, auth_required: bool) -> dict[str, An
                 }
             }
         },
-        "components": {
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["status", "code", "message"],
-                            "properties": {
-                                "status": {"type": "integer"},
-                                "code": {"type": "string"},
-                                "message": {"type": "string"},
-                            },
-                        }
-                    },
-                }
-            }
-        },
+        "components": {"schemas": {"Error": ERROR_SCHEMA}},
     }
     if auth_required:
         doc["components"]["securitySchemes"] = {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}
@@ -329,17 +312,6 @@ class MedicalFusionService:
         self.failures.check("MedicalFusionService")
 
 
-def _flag(value: Any, name: str) -> bool:
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off", ""):
-        return False
-    raise ValueError(f"`{name}` must be true or false, got {value!r}")
-
-
 def build_app(args: dict[str, Any] | None = None):
     """App builder: ``serve run raylens_services.medical:build_app checkpoint=... [deid_key=...]
     [api_key_file=...|open=true]``. The API key is resolved here, where the app is built."""
@@ -347,7 +319,7 @@ def build_app(args: dict[str, Any] | None = None):
     auth = resolve_auth(
         api_key=args.get("api_key"),
         api_key_file=os.path.expanduser(args["api_key_file"]) if args.get("api_key_file") else None,
-        open=_flag(args.get("open"), "open"),
+        open=app_flag(args.get("open"), "open"),
     )
     return MedicalFusionService.bind(
         checkpoint=args.get("checkpoint"),

@@ -36,7 +36,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from raylens.search import SearchQuery
-from raylens.serve.auth import ServeAuth, resolve_auth
+from raylens.serve.auth import ServeAuth, app_flag, resolve_auth
 from raylens.serve.limits import ServeLimits
 from raylens.serve.observe import LATENCY_BOUNDARIES_MS, MODEL_LATENCY_MS, REQUESTS, SEARCH_LATENCY_MS
 from raylens.serve.ray_apps import serve_http_host
@@ -228,18 +228,6 @@ class SearchIngress:
             raise RuntimeError("SearchIngress: no backend")
 
 
-def _flag(value: Any, name: str) -> bool:
-    """A true/false app argument (``serve run ... open=true`` passes the text ``"true"``)."""
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off", ""):
-        return False
-    raise ValueError(f"`{name}` must be true or false, got {value!r}")
-
-
 def _abs(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else None
 
@@ -272,7 +260,9 @@ def build_app(args: dict[str, Any] | None = None):
     args = dict(args or {})
     options = dict(args.get("options") or {})
     auth = resolve_auth(
-        api_key=args.get("api_key"), api_key_file=_abs(args.get("api_key_file")), open=_flag(args.get("open"), "open")
+        api_key=args.get("api_key"),
+        api_key_file=_abs(args.get("api_key_file")),
+        open=app_flag(args.get("open"), "open"),
     )
     data_roots = {
         str(n): [_abs(d) for d in ([r] if isinstance(r, str) else r)] for n, r in (args.get("data_roots") or {}).items()

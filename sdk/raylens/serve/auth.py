@@ -42,7 +42,7 @@ from raylens.serve.limits import (
     read_key_file,
 )
 
-__all__ = ["ServeAuth", "resolve_auth", "is_loopback", "API_KEY_ENV", "API_KEY_FILE_ENV", "API_KEY_HEADER"]
+__all__ = ["ServeAuth", "resolve_auth", "is_loopback", "app_flag", "API_KEY_ENV", "API_KEY_FILE_ENV", "API_KEY_HEADER"]
 
 log = logging.getLogger("raylens.serve")
 
@@ -51,6 +51,22 @@ _FIX = (
     "`raylens serve --api-key-file PATH`; to serve without auth on purpose, pass open=true "
     "(`raylens serve --open`)"
 )
+
+
+def app_flag(value, name: str) -> bool:
+    """A true/false app argument (``serve run ... open=true`` passes the text ``"true"``).
+
+    >>> app_flag("true", "open"), app_flag(None, "open"), app_flag(False, "open")
+    (True, False, False)
+    """
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"`{name}` must be true or false, got {value!r}")
 
 
 def is_loopback(host: str | None) -> bool:

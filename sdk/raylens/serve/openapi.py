@@ -30,6 +30,7 @@ from raylens.serve.query import (
 )
 
 __all__ = [
+    "ERROR_SCHEMA",
     "build_openapi",
     "filter_columns",
     "common_text",
@@ -41,6 +42,24 @@ INDEX_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 AB_KEY_MAX = 256
 """Longest ``x-ab-key`` header value."""
 _INT64 = 2**63
+
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["status", "code", "message"],
+            "properties": {
+                "status": {"type": "integer"},
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+            },
+        }
+    },
+}
+"""The body of every error answer of the raylens services: ``{"error": {"status", "code", "message"}}``."""
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -490,21 +509,7 @@ def _response_schemas() -> dict[str, Any]:
         },
     }
     return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["status", "code", "message"],
-                    "properties": {
-                        "status": {"type": "integer"},
-                        "code": {"type": "string"},
-                        "message": {"type": "string"},
-                    },
-                }
-            },
-        },
+        "Error": ERROR_SCHEMA,
         "Health": {
             "type": "object",
             "required": ["status"],
