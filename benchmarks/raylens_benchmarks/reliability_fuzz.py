@@ -488,6 +488,7 @@ def fuzz(
 
 @register_benchmark(
     "reliability-fuzz",
+    suite="reliability",
     doc="Mutation fuzzing of images, DICOM files and tar shards through the plain decoders: crashes, hangs, "
     "memory blow-ups and unreported bad cases.",
 )

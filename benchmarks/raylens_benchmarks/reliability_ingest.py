@@ -179,6 +179,7 @@ def run_readers(corpus: dict[str, Any], root: Path, preprocess) -> dict[str, Any
 
 @register_benchmark(
     "reliability-ingest",
+    suite="reliability",
     doc="10k-file ingest with 1% corrupt files through both Ray readers: valid rows lost, bad files not listed.",
 )
 def bench_reliability_ingest(quick: bool, workdir: Path) -> BenchResult:

@@ -128,6 +128,7 @@ def _kill_run(
 
 @register_benchmark(
     "reliability-serve-kill",
+    suite="reliability",
     doc="Search at concurrency 32 while an embedder and an index replica are killed: failed searches, p99 "
     "in the recovery windows, with the service's retries against without.",
 )
@@ -186,6 +187,7 @@ def bench_reliability_serve_kill(quick: bool, workdir: Path) -> BenchResult:
 
 @register_benchmark(
     "reliability-soak",
+    suite="reliability",
     doc="The search service at a constant request rate for 10 minutes: errors and memory growth of the replicas.",
 )
 def bench_reliability_soak(quick: bool, workdir: Path) -> BenchResult:

@@ -132,6 +132,7 @@ def _run(
 
 @register_benchmark(
     "reliability-train-kill",
+    suite="reliability",
     doc="A Ray Train worker killed mid-run (SIGKILL, max_failures=1): resumes from the checkpoint; final "
     "metrics against clean runs of the same config.",
 )

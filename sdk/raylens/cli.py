@@ -109,19 +109,44 @@ def search(
 
 @app.command()
 def bench(
-    name: str = typer.Argument(..., help="Benchmark name, or 'all'. See `raylens bench list`."),
-    json_out: Path | None = typer.Option(None, "--json", help="Write the result JSON here."),
+    name: str = typer.Argument(
+        ...,
+        help="Benchmark name; 'all' (every speed benchmark, then the table and chart); 'list'; or 'report' "
+        "(the table and chart from saved JSON: raylens bench report benchmarks/results/*.json --json out.json).",
+    ),
+    files: list[Path] | None = typer.Argument(None, help="With 'report': the result JSON files."),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Write the result JSON here (with 'all'/'report': also OUT.md and OUT.png)."
+    ),
     quick: bool = typer.Option(False, help="Smaller sizes, for a fast look."),
 ):
-    """Run a benchmark: us against a baseline measured in the same run; prints and writes JSON."""
-    from raylens.bench import BENCHMARKS, _load_benchmarks, markdown_table, run_benchmark
+    """Run a benchmark against the tools users would pick instead, measured in the same run.
+
+    Each result holds raylens' figure, every rival's, end-to-end and steady-state windows and the
+    machine's physical bound; a figure above its bound is an error, not a number. Examples:
+
+      raylens bench list
+
+      raylens bench embed --json embed.json
+
+      raylens bench all --json results/all.json     (writes all.json, all.md and all.png)
+    """
+    from raylens.bench import BENCHMARKS, _load_benchmarks, load_results, run_benchmark
 
     _load_benchmarks()
     if name == "list":
         for n in BENCHMARKS.names():
-            console.print(f"[bold]{n}[/bold]  {BENCHMARKS.describe(n)}")
+            suite = BENCHMARKS.meta(n).get("suite", "speed")
+            console.print(
+                f"[bold]{n}[/bold]  {BENCHMARKS.describe(n)}" + (f"  [dim]({suite})[/dim]" if suite != "speed" else "")
+            )
         return
-    names = BENCHMARKS.names() if name == "all" else [name]
+    if name == "report":
+        if not files:
+            raise typer.BadParameter("name the result JSON files, e.g. benchmarks/results/*.json", param_hint="FILES")
+        _bench_summary(load_results(files), json_out)
+        return
+    names = BENCHMARKS.names(suite="speed") if name == "all" else [name]
     results = []
     for n in names:
         console.print(f"[bold]bench {n}[/bold]{' (quick)' if quick else ''} ...")
@@ -132,12 +157,21 @@ def bench(
             r.save(json_out)
             console.print(f"wrote {json_out}")
     if name == "all":
-        table = markdown_table(results)
-        console.print(table)
-        if json_out:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2, default=str))
-            json_out.with_suffix(".md").write_text(table)
+        _bench_summary(results, json_out)
+
+
+def _bench_summary(results, json_out: Path | None) -> None:
+    """Print the markdown table; with ``json_out`` write OUT (all results), OUT.md and OUT.png."""
+    from raylens.bench import markdown_table, plot_ratios
+
+    table = markdown_table(results)
+    typer.echo(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2, default=str) + "\n")
+        json_out.with_suffix(".md").write_text(table)
+        png = plot_ratios(results, json_out.with_suffix(".png"))
+        console.print(f"wrote {json_out}, {json_out.with_suffix('.md')} and {png}")
 
 
 def _clip_train_options() -> OptionGroup:

@@ -78,3 +78,66 @@ def test_demo_without_a_name_runs_the_search_demo_with_the_given_options(monkeyp
     res = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "w"), "--quick"])
     assert res.exit_code == 0, res.output
     assert len(seen) == 1 and seen[0].workdir == tmp_path / "w" and seen[0].quick and seen[0].n_train == 400
+
+
+def test_a_figure_beyond_its_bound_is_an_error_not_a_number():
+    import pytest
+
+    from raylens.bench import Bound, BoundExceeded, Rival, Window
+
+    ok = BenchResult(
+        "x",
+        "images_per_s",
+        90.0,
+        "loader",
+        80.0,
+        rivals=[Rival("loader", 80.0, 12.5), Rival("autofaiss", None, note="did not finish in 900 s")],
+        end_to_end=Window(90.0, 11.1),
+        steady_state=Window(95.0, 8.0, share=0.8),
+        bound=Bound(100.0, "2 cores x 50 images/s"),
+    )
+    assert ok.check() is ok and ok.fraction_of_bound == 0.9
+    assert ok.to_dict()["rival_ratios"] == {"loader": 1.125}
+    over = BenchResult(
+        "x", "images_per_s", 90.0, "b", 80.0, steady_state=Window(130.0, 3.0, 0.5), bound=Bound(100.0, "b")
+    )
+    with pytest.raises(BoundExceeded, match="130 images_per_s, beyond the physical bound 100"):
+        over.check()
+    # lower is better (latency): a figure under the floor is the error
+    with pytest.raises(BoundExceeded, match="loop reports 0.5"):
+        BenchResult("s", "p50_ms", 3.0, "loop", 0.5, higher_is_better=False, bound=Bound(1.0, "model work")).check()
+
+
+def test_bench_report_writes_table_and_chart_from_saved_results(tmp_path):
+    from raylens.bench import Bound, Rival, load_results
+
+    a = BenchResult(
+        "embed",
+        "images_per_s",
+        150.0,
+        "DataLoader",
+        100.0,
+        rivals=[Rival("DataLoader", 100.0), Rival("loop", 50.0)],
+        bound=Bound(300.0, "cores"),
+    )
+    b = BenchResult(
+        "index",
+        "qps",
+        10.0,
+        "hnswlib",
+        20.0,
+        rivals=[Rival("hnswlib", 20.0), Rival("autofaiss", None, note="numpy<2 pin")],
+    )
+    a.save(tmp_path / "a.json"), b.save(tmp_path / "b.json")
+    assert [r.name for r in load_results([tmp_path / "a.json", tmp_path / "b.json"])] == ["embed", "index"]
+    res = runner.invoke(
+        app,
+        ["bench", "report", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--json", str(tmp_path / "all.json")],
+    )
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "all.md").read_text()
+    assert "| embed | images_per_s | 150 | DataLoader | 100 | 1.50x | 300 (cores) | 0.50 |" in md
+    assert "|  |  |  | loop | 50 | 3.00x |" in md
+    assert "autofaiss (numpy<2 pin) | failed | — |" in md and "| 0.50x |" in md
+    assert (tmp_path / "all.png").stat().st_size > 1000
+    assert len(json.loads((tmp_path / "all.json").read_text())) == 2
