@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
-from raylens.data.images import OPENAI_MEAN, OPENAI_STD, ClipPreprocess
+from raylens.data.images import OPENAI_MEAN, OPENAI_STD, ClipPreprocess, resize_bicubic
 
 __all__ = ["TrainAugment", "random_resized_crop_box", "row_rng"]
 
@@ -110,12 +110,14 @@ class TrainAugment:
         rng = row_rng(self.seed, epoch, key)
         s = self.image_size
         top, left, h, w = random_resized_crop_box(image.shape[0], image.shape[1], self.scale, self.ratio, rng)
-        img = Image.fromarray(image).crop((left, top, left + w, top + h)).resize((s, s), Image.Resampling.BICUBIC)
+        crop = resize_bicubic(image[top : top + h, left : left + w], s, s)
         if self.hflip and rng.random() < 0.5:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            crop = crop[:, ::-1]
         if self.randaugment and self.num_ops > 0:
-            img = self._randaugment(img, int(rng.integers(2**63 - 1)))
-        return ClipPreprocess(s, self.mean, self.std)(np.asarray(img))
+            crop = np.asarray(
+                self._randaugment(Image.fromarray(np.ascontiguousarray(crop)), int(rng.integers(2**63 - 1)))
+            )
+        return ClipPreprocess(s, self.mean, self.std).normalize(crop)
 
     def _randaugment(self, img: Image.Image, torch_seed: int) -> Image.Image:
         import torch

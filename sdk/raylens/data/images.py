@@ -1,8 +1,9 @@
 """Image decoding and open_clip-equivalent preprocessing, as plain numpy/PIL functions.
 
 ``decode_image`` turns bytes into an ``(H, W, 3)`` uint8 array or raises :class:`BadImage` with a
-reason. ``ClipPreprocess`` resizes the shortest side (bicubic), centre-crops and normalises, exactly
-as ``open_clip.image_transform(size, is_train=False)`` does, but on numpy arrays and in batches.
+reason. ``ClipPreprocess`` resizes the shortest side (bicubic), centre-crops and normalises as
+``open_clip.image_transform(size, is_train=False)`` does, on numpy arrays, with torch's uint8 resize
+kernel (:func:`resize_bicubic`, within a grey level of open_clip's PIL resize on photos).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "decode_image",
     "read_image_file",
     "ClipPreprocess",
+    "resize_bicubic",
     "MAX_IMAGE_PIXELS",
     "MAX_IMAGE_BYTES",
     "OPENAI_MEAN",
@@ -33,6 +35,9 @@ MAX_IMAGE_PIXELS = 64_000_000
 """Images with more pixels than this are refused (decompression-bomb guard)."""
 MAX_IMAGE_BYTES = 256 * 2**20
 """Image files larger than this are refused before they are read."""
+
+
+_ORIENTATION = 0x0112  # the EXIF Orientation tag
 
 
 class BadImage(ValueError):
@@ -91,13 +96,15 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarr
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise BadImage(f"{w}x{h} pixels is over the limit of {max_pixels}")
-                img.load()  # forces a full decode, so truncated files fail here
-                upright = ImageOps.exif_transpose(img)
-                return np.asarray(upright.convert("RGB"), dtype=np.uint8)
+            img = Image.open(io.BytesIO(data))  # reads the header only
+        with img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise BadImage(f"{w}x{h} pixels is over the limit of {max_pixels}")
+            img.load()  # forces a full decode, so truncated files fail here
+            if img.getexif().get(_ORIENTATION, 1) != 1:
+                img = ImageOps.exif_transpose(img)
+            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
     except BadImage:
         raise
     except (Image.UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -106,6 +113,26 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarr
         raise BadImage("the image does not fit in memory") from None
     except Exception as e:  # PIL's plug-ins raise OSError, SyntaxError, struct.error, IndexError, ... on junk
         raise BadImage(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
+
+
+def resize_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an ``(H, W, 3)`` uint8 array to ``(height, width, 3)``: antialiased bicubic, as PIL's
+    ``resize(BICUBIC)`` and torchvision's tensor ``Resize`` do, about 3x faster than PIL (torch's uint8
+    kernel). Photos come out within one grey level of PIL's; on high-contrast noise a few pixels differ
+    by more, where PIL clips the bicubic overshoot between its two passes.
+
+    >>> resize_bicubic(np.zeros((64, 48, 3), np.uint8), 32, 24).shape
+    (32, 24, 3)
+    """
+    import torch
+
+    if image.shape[:2] == (height, width):
+        return image
+    if not image.flags.writeable:
+        image = image.copy()  # torch refuses read-only memory (Ray hands those out)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None]
+    y = torch.nn.functional.interpolate(x, size=(height, width), mode="bicubic", antialias=True)
+    return y[0].permute(1, 2, 0).numpy()
 
 
 @dataclass(frozen=True)
@@ -131,17 +158,21 @@ class ClipPreprocess:
             raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
         s = self.image_size
         h, w = image.shape[:2]
-        img = Image.fromarray(image)
         if (h, w) != (s, s):
             # torchvision's Resize(int): the short side becomes s, the long side is truncated
             nh, nw = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
-            if (nh, nw) != (h, w):
-                img = img.resize((nw, nh), Image.Resampling.BICUBIC)
             left, top = int(round((nw - s) / 2.0)), int(round((nh - s) / 2.0))
-            img = img.crop((left, top, left + s, top + s))
-        x = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+            image = resize_bicubic(image, nh, nw)[top : top + s, left : left + s]
+        return self.normalize(image)
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """An ``(S, S, 3)`` uint8 array -> ``(3, S, S)`` float32, scaled to [0, 1] then normalised."""
+        scale = (1.0 / (255.0 * np.asarray(self.std, np.float32)))[:, None, None]
+        shift = (-np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32))[:, None, None]
+        x = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+        x *= scale
+        x += shift
+        return x
 
     def batch(self, images) -> np.ndarray:
         """Preprocess a sequence of images into an ``(N, 3, S, S)`` float32 array."""
