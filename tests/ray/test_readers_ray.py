@@ -220,3 +220,33 @@ def test_digits_source_is_a_read_result_with_classes_templates_and_a_complete_re
     assert n > 400 and digits.dataset.count() == n
     row = digits.dataset.take(1)[0]
     assert row["image"].shape == (3, 16, 16) and str(row["path"]).startswith("sklearn-digits:")
+
+
+def test_embedding_decodes_inside_its_tasks_and_still_reports_bad_rows(ray_session, tmp_path):
+    """embed_images given a reader's result on CPU decodes and embeds in the same tasks: every good row
+    gets an embedding, bad rows are skipped with their reason, and a second run reuses the workers'
+    cached model (same vectors)."""
+    from raylens.data.ray_folders import read_image_folder
+    from raylens.embed.ray_embed import embed_images
+    from raylens.models import create_model, save_model
+
+    for cls, value in (("cat", 10), ("dog", 200)):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.fromarray(_image(value + i)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    model = create_model("clip-tiny")
+    ckpt = str(save_model(model, tmp_path.parent / f"{tmp_path.name}-ckpt"))
+    runs = []
+    for _ in range(2):
+        data = read_image_folder(tmp_path, model.preprocess, batch_size=4)
+        rows = embed_images(data, "clip-tiny", ckpt, batch_size=4).take_all()
+        runs.append({str(r["path"]): r["embedding"] for r in rows})
+        assert len(rows) == 10 and all("image" not in r for r in rows)
+        assert {r["class_name"] for r in rows} == {"cat", "dog"}
+        skipped = data.report().skipped
+        assert [s.path.rsplit("/", 1)[-1] for s in skipped] == ["broken.png"] and "image" in skipped[0].reason
+    for path, vec in runs[0].items():
+        want = model.encode_images(model.preprocess(np.asarray(Image.open(path).convert("RGB")))[None])[0]
+        np.testing.assert_allclose(vec, want, atol=1e-5)
+        np.testing.assert_array_equal(vec, runs[1][path])

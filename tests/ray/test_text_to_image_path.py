@@ -40,7 +40,7 @@ def test_ingest_train_embed_index_search(ray_session, shapes_with_bad_files, tmp
     assert reasons["000002.png"] == "file not found" and reasons["000001.png"].startswith("not a readable image")
 
     held = read_captioned_images(data.captions_path, pre, split="heldout")
-    ds = embed_images(held.dataset, "clip-tiny", str(result.checkpoint), num_actors=1, batch_size=8)
+    ds = embed_images(held, "clip-tiny", str(result.checkpoint), batch_size=8)
     rows = ds.take_all()
     assert len(rows) == 24 and rows[0]["embedding"].shape == (128,) and "image" not in rows[0]
     vectors = np.stack([r["embedding"] for r in rows])

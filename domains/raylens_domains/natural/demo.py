@@ -141,7 +141,7 @@ def run_demo(opts: DemoOptions | None = None, console: Console | None = None) ->
     t = lap("train", t)
 
     heldout = read_captioned_images(data.captions_path, preprocess, split="heldout")
-    emb = embed_images(heldout.dataset, opts.model, str(result.checkpoint), num_actors=opts.workers, batch_size=128)
+    emb = embed_images(heldout, opts.model, str(result.checkpoint), batch_size=128)
     cols: dict[str, list[Any]] = {}
     for batch in emb.iter_batches(batch_size=None, batch_format="numpy"):
         for k, v in batch.items():

@@ -14,7 +14,7 @@ import ray
 
 from raylens.data.decode import ImageTransform
 from raylens.data.folders import DEFAULT_TEMPLATE, IMAGE_EXTENSIONS, list_image_folder
-from raylens.data.ray_reader import ActorReport, IngestReporter, blocks_for, decode_and_report
+from raylens.data.ray_reader import ActorReport, IngestReporter, blocks_for, decode_and_report, decoded
 from raylens.data.result import ReadResult
 
 __all__ = ["read_image_folder"]
@@ -55,10 +55,6 @@ def read_image_folder(
     items = [{k: col[i] for k, col in listing.rows.items()} for i in order]
     reporter = IngestReporter.remote(listing.root)
     ray.get(reporter.record.remote([], [(s.path, s.reason) for s in listing.skipped]))
-    ds = ray.data.from_items(items, override_num_blocks=blocks_for(n, batch_size)).map_batches(
-        decode_and_report,
-        batch_size=batch_size,
-        batch_format="numpy",
-        fn_kwargs={"preprocess": preprocess, "reporter": reporter},
-    )
-    return ReadResult(ds, listing.root, ActorReport(reporter), classes=listing.classes)
+    rows = ray.data.from_items(items, override_num_blocks=blocks_for(n, batch_size))
+    parts = decoded(rows, decode_and_report, batch_size=batch_size, preprocess=preprocess, reporter=reporter)
+    return ReadResult(name=listing.root, reporter=ActorReport(reporter), classes=listing.classes, **parts)

@@ -9,6 +9,7 @@ the job goes on and the report lists every skipped path with its reason. The rep
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -21,7 +22,7 @@ from raylens.data.decode import ImageTransform, decode_captioned_batch
 from raylens.data.report import IngestReport, SkippedRow
 from raylens.data.result import ReadResult
 
-__all__ = ["IngestReporter", "ActorReport", "read_captioned_images", "decode_and_report", "blocks_for"]
+__all__ = ["IngestReporter", "ActorReport", "read_captioned_images", "decode_and_report", "decoded", "blocks_for"]
 
 
 def _digest(path: str) -> bytes:
@@ -92,6 +93,17 @@ def _decode_udf(
 ) -> Iterator[dict[str, np.ndarray]]:
     batch["path"] = np.asarray([resolve_image_path(p, base) for p in map(str, batch["path"])])
     yield from decode_and_report(batch, preprocess=preprocess, reporter=reporter, root=root)
+
+
+def decoded(rows: ray.data.Dataset, fn, *, batch_size: int, **kwargs) -> dict:
+    """``rows`` mapped through ``fn(batch, **kwargs)`` in batches of ``batch_size``, as the
+    ``dataset``, ``rows`` and ``decode`` fields of a :class:`~raylens.data.result.ReadResult`."""
+    decode = functools.partial(fn, **kwargs)
+    return {
+        "dataset": rows.map_batches(decode, batch_size=batch_size, batch_format="numpy"),
+        "rows": rows,
+        "decode": decode,
+    }
 
 
 def blocks_for(rows: float, batch_size: int) -> int:
@@ -174,15 +186,13 @@ def read_captioned_images(
     reporter = IngestReporter.remote(str(path))
     if split is not None:  # before decoding, so no image tensor column is ever empty
         ds = ds.map_batches(_select_split, batch_format="numpy", fn_kwargs={"split": split})
-    ds = ds.map_batches(
+    parts = decoded(
+        ds,
         _decode_udf,
         batch_size=batch_size,
-        batch_format="numpy",
-        fn_kwargs={
-            "preprocess": preprocess,
-            "base": str(path if path.is_dir() else path.parent),
-            "reporter": reporter,
-            "root": root,
-        },
+        preprocess=preprocess,
+        base=str(path if path.is_dir() else path.parent),
+        reporter=reporter,
+        root=root,
     )
-    return ReadResult(ds, str(path), ActorReport(reporter))
+    return ReadResult(name=str(path), reporter=ActorReport(reporter), **parts)

@@ -48,6 +48,12 @@ class ReadResult:
     """Zero-shot prompt templates that suit this data (digits: ``"a photo of the digit {}"``), or None."""
     stats: dict[str, int] = field(default_factory=dict)
     """Reader-specific counts (DICOM: ``files``, ``slices``); empty when a reader has none."""
+    rows: Any = None
+    """The rows before decoding (``dataset`` is ``rows`` mapped through :attr:`decode`), for consumers
+    that decode inside their own workers (``embed_images`` on CPU); None when a reader has no
+    separate decode step."""
+    decode: Callable[..., Any] | None = field(default=None, repr=False)
+    """``decode(batch)`` yields decoded batches (skips reported): the step from ``rows`` to ``dataset``."""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
