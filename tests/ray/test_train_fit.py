@@ -3,6 +3,7 @@ in place, remote ones are downloaded once into one folder that is removed at the
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.ray
@@ -61,3 +62,31 @@ def test_fit_names_bad_arguments():
         fit("train_clip", {}, {}, split=())
     with pytest.raises(TypeError, match="`opts` must be a RayTrainOptions"):
         fit(print, {}, {}, {"num_workers": 2}, split=())
+
+
+def test_shard_epochs_keeps_a_small_shard_in_memory_after_the_first_epoch(ray_session):
+    """Epoch 0 streams from Ray Data (buffer-shuffled) and keeps the rows; later epochs are seeded
+    permutations of exactly those rows; a budget too small keeps streaming; drop_last holds."""
+    import ray
+
+    from raylens.train.ray_fit import shard_epochs
+
+    ds = ray.data.from_items([{"x": i, "s": f"row{i}"} for i in range(50)]).materialize()
+
+    def rows(batches):
+        return np.concatenate([b["x"] for b in batches])
+
+    epochs = shard_epochs(ds.iterator(), batch_size=8, seed=3, shuffle_buffer=16, cache_max_bytes=1 << 20)
+    first = list(epochs(0))
+    assert sorted(rows(first)) == list(range(50)) and [len(b["x"]) for b in first][-1] == 2
+    kept = rows(first)
+    for epoch in (1, 2):
+        again = list(epochs(epoch))
+        want = kept[np.random.default_rng(3 + epoch).permutation(50)]
+        np.testing.assert_array_equal(rows(again), want)
+        assert [str(s) for s in np.concatenate([b["s"] for b in again])] == [f"row{x}" for x in want]
+    dropping = shard_epochs(ds.iterator(), batch_size=8, drop_last=True, cache_max_bytes=1 << 20)
+    assert [len(rows(list(dropping(e)))) for e in range(3)] == [48, 48, 48]
+    streaming = shard_epochs(ds.iterator(), batch_size=8, seed=3, shuffle_buffer=16, cache_max_bytes=64)
+    list(streaming(0))
+    assert sorted(rows(list(streaming(1)))) == list(range(50))

@@ -39,6 +39,7 @@ from raylens.train.result import TrainResult
 __all__ = [
     "CLASSIFY_SHUFFLE_BUFFER",
     "MATERIALIZE_MAX_BYTES",
+    "WORKER_CACHE_MAX_BYTES",
     "ClassifyJob",
     "ClassifyJobResult",
     "classify_worker_loop",
@@ -52,6 +53,9 @@ CLASSIFY_SHUFFLE_BUFFER = 2048
 MATERIALIZE_MAX_BYTES = 2 << 30
 """Training data without per-image augmentation is kept in Ray's object store when its decoded images
 take less than this (2 GiB), so only the first epoch decodes."""
+WORKER_CACHE_MAX_BYTES = 1 << 30
+"""Such data also stays in each worker's memory after the first epoch, up to this size per worker, so
+later epochs skip Ray Data's per-epoch start-up (see ``RayContext.epoch_batches``)."""
 
 
 def print_epoch(cfg: ClassifyTrainConfig):
@@ -73,7 +77,11 @@ def classify_worker_loop(config: dict[str, Any], ctx: RayContext) -> None:
     """The per-worker loop :func:`fit_classifier` gives the wrapper: shard -> batches -> train_classifier."""
     cfg = ClassifyTrainConfig.from_dict(config["train"])
     batches = ctx.epoch_batches(
-        "train", batch_size=cfg.batch_size, seed=cfg.seed * 1000, shuffle_buffer=CLASSIFY_SHUFFLE_BUFFER
+        "train",
+        batch_size=cfg.batch_size,
+        seed=cfg.seed * 1000,
+        shuffle_buffer=CLASSIFY_SHUFFLE_BUFFER,
+        cache_max_bytes=config.get("cache_bytes", 0),
     )
     val = ctx.read_all("val", columns=("image", "label")) if config["has_val"] and ctx.rank == 0 else None
     train_classifier(
@@ -126,7 +134,8 @@ def fit_classifier(
             f"{train_rows} training rows cannot feed {opts.num_workers} workers; give more data or fewer workers"
         )
     decoded_bytes = train_rows * 3 * cfg.image_size**2 * 4
-    if not cfg.row_augment and decoded_bytes <= MATERIALIZE_MAX_BYTES:
+    same_every_epoch = not cfg.row_augment and decoded_bytes <= MATERIALIZE_MAX_BYTES
+    if same_every_epoch:
         train_ds = train_ds.materialize()
     datasets = {"train": train_ds}
     if val_ds is not None:
@@ -137,6 +146,10 @@ def fit_classifier(
         "classes": list(classes),
         "has_val": val_ds is not None,
         "steps_per_epoch": max(1, steps),
+        # rows without per-epoch augmentation stay in each worker's memory after the first epoch
+        "cache_bytes": 2 * WORKER_CACHE_MAX_BYTES
+        if same_every_epoch and decoded_bytes / opts.num_workers <= WORKER_CACHE_MAX_BYTES
+        else 0,
         "class_counts": class_counts,
         "extra": dict(extra or {}),
         "progress": progress,

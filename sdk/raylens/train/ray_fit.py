@@ -22,7 +22,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from raylens.train.checkpointing import read_history
 from raylens.train.options import RayTrainOptions
 from raylens.train.result import TrainResult
 
-__all__ = ["RayContext", "CheckpointCache", "fit", "is_local_filesystem"]
+__all__ = ["RayContext", "CheckpointCache", "fit", "is_local_filesystem", "shard_epochs"]
 
 log = logging.getLogger("raylens.train")
 
@@ -94,6 +94,65 @@ class CheckpointCache:
         self._dir, self._holds = None, None
 
 
+def shard_epochs(
+    shard,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    drop_last: bool = False,
+    shuffle_buffer: int = 0,
+    cache_max_bytes: int = 0,
+) -> Callable[[int], Iterable[dict[str, np.ndarray]]]:
+    """``epoch -> numpy batches`` of a Ray ``DataIterator``, locally shuffled with seed ``seed + epoch``
+    through a buffer of ``shuffle_buffer`` rows.
+
+    With ``cache_max_bytes`` (for rows that are the same every epoch: no per-epoch random augmentation
+    upstream), a shard that fits is kept in memory after the first full epoch, and later epochs are
+    whole-shard permutations of it (seed ``seed + epoch``) instead of a new pass through Ray Data:
+    small datasets stop paying a pipeline start-up per epoch. Each worker then keeps the rows of its
+    first epoch, as a fixed partition with a full local shuffle.
+    Under ``streaming_split`` every worker must make the same choice (a worker that stops reading its
+    split while another goes on would stall it): give a budget only when every shard surely fits.
+    """
+    buffer = shuffle_buffer
+    cache: dict[str, np.ndarray] = {}
+
+    def stream(epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        kept: list[dict[str, np.ndarray]] | None = [] if cache_max_bytes > 0 else None
+        size = 0
+        for batch in shard.iter_batches(
+            batch_size=batch_size,
+            batch_format="numpy",
+            drop_last=False if kept is not None else drop_last,
+            local_shuffle_buffer_size=buffer or None,
+            local_shuffle_seed=seed + epoch if buffer else None,
+        ):
+            if kept is not None:
+                size += sum(np.asarray(v).nbytes for v in batch.values())
+                if size <= cache_max_bytes:
+                    kept.append({k: np.array(v) for k, v in batch.items()})
+                else:
+                    kept = None
+            if drop_last and len(next(iter(batch.values()))) < batch_size:
+                continue
+            yield batch
+        if kept:  # the whole epoch went through (a loop that stops early never gets here)
+            cache.update({k: np.concatenate([b[k] for b in kept]) for k in kept[0]})
+
+    def from_memory(epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        n = len(next(iter(cache.values())))
+        order = np.random.default_rng(seed + epoch).permutation(n)
+        stop = n - n % batch_size if drop_last else n
+        for i in range(0, stop, batch_size):
+            idx = order[i : i + batch_size]
+            yield {k: v[idx] for k, v in cache.items()}
+
+    def batches(epoch: int) -> Iterable[dict[str, np.ndarray]]:
+        return from_memory(epoch) if cache else stream(epoch)
+
+    return batches
+
+
 class RayContext:
     """A :class:`~raylens.train.context.TrainContext` backed by ``ray.train``, inside a worker."""
 
@@ -131,26 +190,19 @@ class RayContext:
         seed: int = 0,
         drop_last: bool = False,
         shuffle_buffer: int = 0,
+        cache_max_bytes: int = 0,
     ) -> Callable[[int], Iterable[dict[str, np.ndarray]]]:
-        """``epoch -> numpy batches`` of the shard ``name``, locally shuffled with seed ``seed + epoch``.
-
-        ``shuffle_buffer`` is the training kind's default; the run's ``RayTrainOptions.shuffle_buffer``,
-        when set, wins.
-        """
-        shard = self.dataset_shard(name)
+        """:func:`shard_epochs` of the shard ``name``. ``shuffle_buffer`` is the training kind's default;
+        the run's ``RayTrainOptions.shuffle_buffer``, when set, wins."""
         chosen = self.run.get("shuffle_buffer")
-        buffer = shuffle_buffer if chosen is None else chosen
-
-        def batches(epoch: int) -> Iterable[dict[str, np.ndarray]]:
-            return shard.iter_batches(
-                batch_size=batch_size,
-                batch_format="numpy",
-                drop_last=drop_last,
-                local_shuffle_buffer_size=buffer or None,
-                local_shuffle_seed=seed + epoch if buffer else None,
-            )
-
-        return batches
+        return shard_epochs(
+            self.dataset_shard(name),
+            batch_size=batch_size,
+            seed=seed,
+            drop_last=drop_last,
+            shuffle_buffer=shuffle_buffer if chosen is None else chosen,
+            cache_max_bytes=cache_max_bytes,
+        )
 
     def read_all(
         self, name: str, columns: Sequence[str] | None = None, max_rows: int | None = None
