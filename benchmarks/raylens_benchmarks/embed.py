@@ -162,19 +162,32 @@ def _one_thread_costs(paths: list[str], batch_size: int) -> dict[str, float]:
     return {"decode_s": decode, "encode_s": encode}
 
 
+def _shapes(n: int, size: int) -> Path:
+    """The shapes dataset (seed 0): reused from ``$RAYLENS_BENCH_CACHE`` (default
+    ``~/.cache/raylens/bench-data``) when a complete copy is there, else written to it."""
+    from raylens_domains.natural.shapes import generate_shapes
+
+    root = Path(os.environ.get("RAYLENS_BENCH_CACHE", Path.home() / ".cache/raylens/bench-data"))
+    root = root / f"shapes-{n}-{size}px"
+    captions = root / "captions.csv"
+    if captions.is_file() and len(list((root / "images/train").glob("*.png"))) == n:
+        return captions
+    generate_shapes(root, n_train=n, n_heldout=0, image_size=size)
+    return captions
+
+
 @register_benchmark("embed", doc="Decode+embed PNG files: Ray Data against a torch DataLoader and a loop (images/s).")
 def bench_embed(quick: bool, workdir: Path) -> BenchResult:
     from raylens.runtime import init_ray
-    from raylens_domains.natural.shapes import generate_shapes
 
     n, size, batch = (3000, 128, 128) if quick else (20000, 128, 128)
-    data = generate_shapes(workdir / "shapes", n_train=n, n_heldout=0, image_size=size)
-    paths = [str(p) for p in sorted((workdir / "shapes/images/train").glob("*.png"))]
+    captions = _shapes(n, size)
+    paths = [str(p) for p in sorted((captions.parent / "images/train").glob("*.png"))]
     cores = os.cpu_count() or 1
     costs = _one_thread_costs(paths[: 8 * batch], batch)
     init_ray()
-    ours = _raylens(data.captions_path, batch)
-    warm = _raylens(data.captions_path, batch)
+    ours = _raylens(captions, batch)
+    warm = _raylens(captions, batch)
     loader = _dataloader(paths, batch, workers=2)
     loop = _loop(paths, batch)
     bound = cores / (costs["decode_s"] + costs["encode_s"])
