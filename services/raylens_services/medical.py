@@ -46,7 +46,7 @@ from raylens.serve.auth import ServeAuth, app_flag, resolve_auth
 from raylens.serve.http import install_error_handlers, json_error, json_response, read_body
 from raylens.serve.limits import ServeError, ServeLimits, check_batch, check_pixels, safe_zip_members
 from raylens.serve.observe import FailureStreak, quiet_client_errors
-from raylens.serve.openapi import ERROR_SCHEMA
+from raylens.serve.openapi import ERROR_SCHEMA, HEALTH_SCHEMA
 from raylens.serve.ray_apps import serve_http_host
 
 __all__ = [
@@ -131,7 +131,9 @@ class MedicalCore:
 
 
 def medical_openapi(limits: ServeLimits, *, auth_required: bool) -> dict[str, Any]:
-    """The service's OpenAPI 3.1 document: what ``/predict`` accepts and every status it answers."""
+    """The service's OpenAPI 3.1 document: what ``/predict`` accepts, the liveness and status doors, and
+    every status they answer (checked with schemathesis, every check enabled: the zip-of-DICOM bodies
+    come from ``tests/schemathesis_hooks.py``)."""
 
     def err(description: str, headers: tuple[str, ...] = ()) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -150,8 +152,18 @@ def medical_openapi(limits: ServeLimits, *, auth_required: bool) -> dict[str, An
         "503": err("Not ready, or at capacity (retry)", ("Retry-After",)),
         "504": err("The prediction did not finish in time (retry)"),
     }
-    if auth_required:
-        errors["401"] = err("No or a wrong API key", ("WWW-Authenticate",))
+    unauthorized = {"401": err("No or a wrong API key", ("WWW-Authenticate",))} if auth_required else {}
+    errors.update(unauthorized)
+    health = {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}
+    status = {
+        "type": "object",
+        "required": ["ready", "model", "problem"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "model": {"type": ["string", "null"], "description": "The fusion model's kind; null when not ready"},
+            "problem": {"type": ["string", "null"], "description": "Why the service is not ready"},
+        },
+    }
     prediction = {
         "type": "object",
         "required": ["probability", "label", "modalities_used", "model", "study_uid", "patient_id", "warnings"],
@@ -169,6 +181,30 @@ def medical_openapi(limits: ServeLimits, *, auth_required: bool) -> dict[str, An
         "openapi": "3.1.0",
         "info": {"title": "raylens medical fusion", "version": "1"},
         "paths": {
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "Liveness: up or down, nothing else (no key needed)",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "Up", "content": health},
+                        "503": {"description": "Down: no model loaded", "content": health},
+                    },
+                }
+            },
+            "/status": {
+                "get": {
+                    "operationId": "status",
+                    "summary": "Readiness details: the model kind, or why it is not ready",
+                    "responses": {
+                        "200": {
+                            "description": "The service's state",
+                            "content": {"application/json": {"schema": status}},
+                        },
+                        **unauthorized,
+                    },
+                }
+            },
             "/predict": {
                 "post": {
                     "operationId": "predict",
@@ -201,9 +237,9 @@ def medical_openapi(limits: ServeLimits, *, auth_required: bool) -> dict[str, An
                         **errors,
                     },
                 }
-            }
+            },
         },
-        "components": {"schemas": {"Error": ERROR_SCHEMA}},
+        "components": {"schemas": {"Error": ERROR_SCHEMA, "Health": HEALTH_SCHEMA}},
     }
     if auth_required:
         doc["components"]["securitySchemes"] = {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}

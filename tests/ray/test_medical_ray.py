@@ -300,3 +300,59 @@ def test_serve_endpoint_predicts_from_a_zipped_upload(serve_port, phantom, tmp_p
         assert r.status_code == 404 and "error" in r.json()
     finally:
         serve.delete("medical-test")
+
+
+@pytest.mark.slow
+def test_openapi_contract_passes_every_schemathesis_check(serve_port, tmp_path):
+    """Schemathesis's own CLI with every check (examples, coverage, fuzzing) against the deployed
+    service's live /openapi.json, with real and hostile zip-of-DICOM uploads from
+    tests/schemathesis_hooks.py: 0 failures."""
+    import os
+    import subprocess
+    import sys
+
+    from ray import serve
+
+    from raylens.serve.auth import resolve_auth
+    from raylens_services.medical import MedicalFusionService
+    from tests.schemathesis_hooks import MEDICAL_LIMITS
+
+    repo = Path(__file__).resolve().parents[2]
+    model = create_model("mid", encoder=EncoderConfig(widths=(4, 8, 8, 8)))
+    save_checkpoint(
+        model, tmp_path / "ckpt", extra={"transform": {"target_spacing": [6.0, 6.0, 6.0], "spatial_size": [16, 16, 16]}}
+    )
+    app = MedicalFusionService.options(ray_actor_options={"num_cpus": 0.5}).bind(
+        checkpoint=str(tmp_path / "ckpt"),
+        deid_key=KEY,
+        limits=dict(MEDICAL_LIMITS),
+        auth=resolve_auth(api_key="let-me-in", environ={}),
+    )
+    serve.run(app, name="medical-openapi-test", route_prefix="/medical-openapi")
+    url = f"http://127.0.0.1:{serve_port}/medical-openapi"
+    cmd = [
+        str(Path(sys.executable).parent / "schemathesis"),
+        "--config-file",
+        str(repo / "tests" / "schemathesis.toml"),
+        "run",
+        f"{url}/openapi.json",
+        "--url",
+        url,
+        "--checks",
+        "all",
+        "-H",
+        "x-api-key: let-me-in",
+        "--max-examples",
+        "10",
+        "--workers",
+        "1",
+        "--generation-deterministic",
+        "--no-color",
+    ]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(repo)}
+    try:
+        done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
+    finally:
+        serve.delete("medical-openapi-test")
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert "No issues found" in done.stdout and "3 selected" in done.stdout

@@ -418,7 +418,7 @@ def write_series(
         ds.PerFrameFunctionalGroupsSequence = Sequence(per)
         _set_pixels(ds, frames, modality, signed)
         if rle:
-            ds.compress(RLELossless)
+            ds.compress(RLELossless, generate_instance_uid=False)  # keep the seeded UID
         path = folder / f"{rng.integers(10**9):09d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         return [path]
@@ -438,7 +438,7 @@ def write_series(
         ds.InstanceNumber = inst[j]
         _set_pixels(ds, volume_fn(_slice_points(grid, k)), modality, signed)
         if rle:
-            ds.compress(RLELossless)
+            ds.compress(RLELossless, generate_instance_uid=False)  # keep the seeded UID
         path = folder / f"{rng.integers(10**9):09d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

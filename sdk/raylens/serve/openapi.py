@@ -31,6 +31,7 @@ from raylens.serve.query import (
 
 __all__ = [
     "ERROR_SCHEMA",
+    "HEALTH_SCHEMA",
     "build_openapi",
     "filter_columns",
     "common_text",
@@ -60,6 +61,14 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 """The body of every error answer of the raylens services: ``{"error": {"status", "code", "message"}}``."""
+
+HEALTH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"type": "string", "enum": ["up", "down"]}},
+    "additionalProperties": False,
+}
+"""The body of every raylens service's open liveness door (``GET /healthz``): ``{"status": "up"|"down"}``."""
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -510,12 +519,7 @@ def _response_schemas() -> dict[str, Any]:
     }
     return {
         "Error": ERROR_SCHEMA,
-        "Health": {
-            "type": "object",
-            "required": ["status"],
-            "properties": {"status": {"type": "string", "enum": ["up", "down"]}},
-            "additionalProperties": False,
-        },
+        "Health": HEALTH_SCHEMA,
         "Status": {
             "type": "object",
             "required": ["ready", "model", "indices", "classifier_versions", "problems"],
