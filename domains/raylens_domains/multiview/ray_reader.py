@@ -121,7 +121,7 @@ def read_capture(
     if frames_per_task < 1:
         raise ValueError(f"frames_per_task must be >= 1, got {frames_per_task}.")
     plan = plan_capture(path, options, format=format, **overrides)
-    reporter = IngestReporter.remote(plan.info.source)
+    reporter = IngestReporter(plan.info.source)
     ray.get(reporter.record.remote([], [(s.path, s.reason) for s in plan.skipped]))
     ds = _frames_dataset(plan, reporter, split=None, shuffle=False, seed=None, frames_per_task=frames_per_task)
     return CaptureReadResult(

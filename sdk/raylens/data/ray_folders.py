@@ -53,7 +53,7 @@ def read_image_folder(
     n = len(listing)
     order = np.random.default_rng(shuffle_seed).permutation(n) if shuffle_seed is not None else range(n)
     items = [{k: col[i] for k, col in listing.rows.items()} for i in order]
-    reporter = IngestReporter.remote(listing.root)
+    reporter = IngestReporter(listing.root)
     ray.get(reporter.record.remote([], [(s.path, s.reason) for s in listing.skipped]))
     rows = ray.data.from_items(items, override_num_blocks=blocks_for(n, batch_size))
     parts = decoded(rows, decode_and_report, batch_size=batch_size, preprocess=preprocess, reporter=reporter)

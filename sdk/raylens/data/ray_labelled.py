@@ -170,7 +170,7 @@ def read_labelled_images(
     counts = np.bincount(index[keep], minlength=len(names)).tolist()
     if n == 0:
         raise ValueError(f"{str(path)!r} ({part}) has no rows of the classes {shown}; nothing to read")
-    reporter = IngestReporter.remote(str(path))
+    reporter = IngestReporter(str(path))
     ray.get(reporter.record.remote([], skipped))
     decode = {"preprocess": preprocess, "reporter": reporter}
     if layout is not None and layout.bytes_column is not None:

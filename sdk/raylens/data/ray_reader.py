@@ -1,7 +1,7 @@
 """Ray Data reader for captioned images: a captions file (CSV/TSV/JSONL/parquet) plus the images.
 
 Streaming: the captions file is read by Ray Data, images are decoded and preprocessed in
-``map_batches`` tasks, and bad rows are skipped and sent to an :class:`IngestReporter` actor, so
+``map_batches`` tasks, and bad rows are skipped and sent to an :class:`IngestReporter` (one actor per session), so
 the job goes on and the report lists every skipped path with its reason. The reporter,
 :class:`ActorReport` and :func:`decode_and_report` are shared with the other readers
 (``ray_folders``, ``ray_webdataset``); every reader returns a :class:`~raylens.data.result.ReadResult`.
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import uuid
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -22,50 +24,126 @@ from raylens.data.decode import ImageTransform, decode_captioned_batch
 from raylens.data.report import IngestReport, SkippedRow
 from raylens.data.result import ReadResult
 
-__all__ = ["IngestReporter", "ActorReport", "read_captioned_images", "decode_and_report", "decoded", "blocks_for"]
+__all__ = [
+    "IngestReporter",
+    "IngestReports",
+    "ActorReport",
+    "read_captioned_images",
+    "decode_and_report",
+    "decoded",
+    "blocks_for",
+]
 
 
 def _digest(path: str) -> bytes:
     return hashlib.blake2b(path.encode(), digest_size=8).digest()
 
 
-@ray.remote(num_cpus=0)
-class IngestReporter:
-    """Collects ok/skip counts from the decode tasks. A pass over the data may run more than once
-    (one per epoch); rows are counted once each, keyed by a hash of their path. It also counts the
-    passes over each row, which seed random transforms (a new draw each epoch, reproducibly)."""
+class _Counts:
+    """One read's ok/skip counts. A pass over the data may run more than once (one per epoch); rows are
+    counted once each, keyed by a hash of their path. It also counts the passes over each row, which
+    seed random transforms (a new draw each epoch, reproducibly)."""
 
     def __init__(self, source: str):
-        self._source = source
-        self._ok: set[bytes] = set()
-        self._visits: dict[bytes, int] = {}
-        self._skipped: dict[str, str] = {}
+        self.source = source
+        self.ok: set[bytes] = set()
+        self.visits: dict[bytes, int] = {}
+        self.skipped: dict[str, str] = {}
 
     def visit(self, paths: list[str]) -> list[int]:
-        """For each path, how many times it was visited before; then count this visit."""
         seen = []
         for d in map(_digest, paths):
-            seen.append(self._visits.get(d, 0))
-            self._visits[d] = seen[-1] + 1
+            seen.append(self.visits.get(d, 0))
+            self.visits[d] = seen[-1] + 1
         return seen
 
     def record(self, ok_paths: list[str], skipped: list[tuple[str, str]]) -> None:
-        self._ok.update(map(_digest, ok_paths))
+        self.ok.update(map(_digest, ok_paths))
         for path, reason in skipped:
-            self._skipped.setdefault(path, reason)
+            self.skipped.setdefault(path, reason)
 
     def report(self) -> IngestReport:
-        return IngestReport(self._source, len(self._ok), [SkippedRow(p, r) for p, r in self._skipped.items()])
+        return IngestReport(self.source, len(self.ok), [SkippedRow(p, r) for p, r in self.skipped.items()])
+
+
+@ray.remote(num_cpus=0)
+class IngestReports:
+    """Every read's counts in this Ray job, in one actor: started once per session (a reader then
+    costs a method call, not an actor's process start-up)."""
+
+    def __init__(self):
+        self._reads: dict[str, _Counts] = {}
+
+    def open(self, key: str, source: str) -> None:
+        self._reads[key] = _Counts(source)
+
+    def visit(self, key: str, paths: list[str]) -> list[int]:
+        return self._reads[key].visit(paths)
+
+    def record(self, key: str, ok_paths: list[str], skipped: list[tuple[str, str]]) -> None:
+        self._reads[key].record(ok_paths, skipped)
+
+    def report(self, key: str) -> IngestReport:
+        return self._reads[key].report()
+
+    def close(self, key: str) -> None:
+        self._reads.pop(key, None)
+
+
+class _Method:
+    """``reporter.record.remote(...)``: one read's call on the session's :class:`IngestReports`."""
+
+    def __init__(self, actor: ray.actor.ActorHandle, name: str, key: str):
+        self._call = getattr(actor, name)
+        self._key = key
+
+    def remote(self, *args) -> ray.ObjectRef:
+        return self._call.remote(self._key, *args)
+
+
+class IngestReporter:
+    """One read's reporter, called like an actor: ``visit.remote(paths)`` (passes over each row so far),
+    ``record.remote(ok_paths, skipped)`` and ``report.remote()``; its counts live in the session's
+    :class:`IngestReports` actor. Picklable, so decode tasks get it as an argument."""
+
+    ACTOR_NAME = "raylens-ingest-reports"
+
+    def __init__(self, source: str):
+        self.actor = IngestReports.options(name=self.ACTOR_NAME, get_if_exists=True).remote()
+        self.key = uuid.uuid4().hex
+        ray.get(self.actor.open.remote(self.key, source))
+
+    @property
+    def visit(self) -> _Method:
+        return _Method(self.actor, "visit", self.key)
+
+    @property
+    def record(self) -> _Method:
+        return _Method(self.actor, "record", self.key)
+
+    @property
+    def report(self) -> _Method:
+        return _Method(self.actor, "report", self.key)
 
 
 class ActorReport:
-    """``ReadResult.reporter`` for the streaming readers: asks their :class:`IngestReporter` actor."""
+    """``ReadResult.reporter`` for the streaming readers: asks their :class:`IngestReporter`; the
+    read's counts are dropped from the session's actor when this is garbage-collected."""
 
-    def __init__(self, reporter: ray.actor.ActorHandle):
+    def __init__(self, reporter: IngestReporter):
         self.reporter = reporter
+        close = weakref.finalize(self, _close, reporter.actor, reporter.key)
+        close.atexit = False
 
     def __call__(self) -> IngestReport:
         return ray.get(self.reporter.report.remote())
+
+
+def _close(actor: ray.actor.ActorHandle, key: str) -> None:
+    try:
+        actor.close.remote(key)
+    except Exception:  # Ray already shut down: the actor and its counts are gone anyway
+        pass
 
 
 def _select_split(batch: dict[str, np.ndarray], *, split: str) -> dict[str, np.ndarray]:
@@ -183,7 +261,7 @@ def read_captioned_images(
         ds = ds.drop_columns(layout.displaced)
     if layout.renames:
         ds = ds.rename_columns(layout.renames)
-    reporter = IngestReporter.remote(str(path))
+    reporter = IngestReporter(str(path))
     if split is not None:  # before decoding, so no image tensor column is ever empty
         ds = ds.map_batches(_select_split, batch_format="numpy", fn_kwargs={"split": split})
     parts = decoded(

@@ -55,7 +55,7 @@ def read_webdataset(
     """
     paths = expand_shards(shards)
     source = str(shards) if isinstance(shards, (str, Path)) else f"{len(paths)} shards"
-    reporter = IngestReporter.remote(source)
+    reporter = IngestReporter(source)
     ds = ray.data.from_items([{"shard": p} for p in paths], override_num_blocks=len(paths))
     ds = ds.map_batches(
         _read_shards,
