@@ -405,3 +405,13 @@ def test_any_error_in_one_series_is_a_skipped_row_without_its_message(monkeypatc
     out = ray_reader._series_batch({"headers": payload}, cfg)
     assert list(out["skip_reason"]) == ["unexpected error in this series (RuntimeError)", ""]
     assert "Doe" not in json.dumps([str(v) for v in out["skip_reason"]])
+
+
+def test_series_batch_size_batches_normalised_series_without_bundling_blocks():
+    from raylens_domains.medical.ray_reader import NORMALIZED_SERIES_PER_CALL, series_batch_size
+
+    assert series_batch_size(144, 4, normalized=False) == 1  # raw volumes can be large: one per call
+    assert series_batch_size(144, 4, normalized=True) == NORMALIZED_SERIES_PER_CALL == 8
+    assert series_batch_size(18, 4, normalized=True) == 4  # the smallest block holds 4
+    assert series_batch_size(8, 8, normalized=True) == 1  # one series per block: a bigger batch would bundle blocks
+    assert series_batch_size(3, 4, normalized=True) == 1

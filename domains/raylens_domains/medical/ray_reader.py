@@ -123,7 +123,7 @@ def read_dicom(
     config: DicomIngestConfig | None = None,
     *,
     files_per_task: int = 64,
-    series_per_task: int = 1,
+    series_per_task: int | None = None,
     num_cpus: float = 1.0,
     compute=None,
     transform: VolumeTransformConfig | None = None,
@@ -134,7 +134,10 @@ def read_dicom(
         paths: folders, files or DICOMDIR files.
         config: de-identification key, labels, tolerances (:class:`~.ingest.DicomIngestConfig`).
         files_per_task: header-reading batch size.
-        series_per_task: series built per ``map_batches`` call.
+        series_per_task: series built per ``map_batches`` call; by default (None) one raw volume at a time
+            (raw volumes can be large) and, with ``transform``, as many as a block holds up to
+            :data:`NORMALIZED_SERIES_PER_CALL` (normalised volumes are small, and each call costs a
+            conversion of its rows to and from Arrow: ~5 ms, as much as normalising a small series).
         num_cpus: CPUs reserved per task.
         compute: a ``ray.data.ActorPoolStrategy``/``TaskPoolStrategy`` for the volume step (default tasks).
         transform: if given, each volume is also normalised (:class:`~.transforms.NormalizeVolumed`) in
@@ -150,7 +153,7 @@ def read_dicom(
     import ray
 
     config = config or DicomIngestConfig()
-    if files_per_task < 1 or series_per_task < 1:
+    if files_per_task < 1 or (series_per_task is not None and series_per_task < 1):
         raise ValueError("files_per_task and series_per_task must be >= 1")
     files = list_dicom_files(paths)
     source = config.deid.report_path(paths) if isinstance(paths, (str, os.PathLike)) else "dicom files"
@@ -188,6 +191,8 @@ def read_dicom(
         for uid, recs in sorted(groups.items(), key=lambda kv: -len(kv[1]))
     ]
     n_series_blocks = max(1, min(len(items), 2 * _cluster_cpus()))
+    if series_per_task is None:
+        series_per_task = series_batch_size(len(items), n_series_blocks, normalized=transform is not None)
     kw: dict[str, Any] = dict(
         fn_kwargs={"config": config, "transform": transform}, batch_size=series_per_task, batch_format="numpy"
     )
@@ -208,6 +213,22 @@ def read_dicom(
     good = ds.filter(expr="skip_reason == ''").drop_columns(list(_SKIP))
     log.info(report.summary())
     return ReadResult(good, source, FixedReport(report), stats={"files": len(files), "slices": n_slices})
+
+
+NORMALIZED_SERIES_PER_CALL = 8
+"""The most normalised series one ``map_batches`` call builds by default (see :func:`series_batch_size`)."""
+
+
+def series_batch_size(n_series: int, n_blocks: int, *, normalized: bool) -> int:
+    """Series per ``map_batches`` call of the volume step: 1 for raw volumes; with normalisation, the
+    series of the smallest block, at most :data:`NORMALIZED_SERIES_PER_CALL`.
+
+    Never more than the smallest block holds: Ray Data bundles blocks to fill a bigger batch, which
+    would run fewer tasks than there are blocks (and CPUs).
+    """
+    if not normalized:
+        return 1
+    return max(1, min(NORMALIZED_SERIES_PER_CALL, n_series // max(1, n_blocks)))
 
 
 def _one_operator(ds):
