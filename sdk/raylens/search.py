@@ -2,9 +2,10 @@
 
 :func:`search_batch` does the whole work of a batch of searches: it groups the queries by (kind,
 index, filters), encodes each group's texts or images in one call, searches each group with one
-FAISS call and shapes the hits into :class:`SearchResult` objects. The SDK's :class:`Searcher` and the
-HTTP ``/search`` of the search service (its index deployment, ``raylens_services.indices``) both call
-it, so these rules hold everywhere:
+FAISS call and shapes the hits into :class:`SearchResult` objects; :func:`search_batch_async` is the
+same on an event loop, with an awaitable encoder. The SDK's :class:`Searcher` and the HTTP ``/search``
+of the search service (its index deployment, ``raylens_services.indices``) both call them, so these
+rules hold everywhere:
 
 * ``k`` is the most hits to return: an int from 1 to 10,000 (over HTTP also at most the service's
   ``max_k``). A search returns the best ``k`` hits, or all of them when the index, or the part of it
@@ -58,6 +59,8 @@ __all__ = [
     "IndexSet",
     "check_compatible",
     "search_batch",
+    "search_batch_async",
+    "AsyncEncoder",
     "Searcher",
 ]
 
@@ -321,22 +324,67 @@ def _prepare(q: SearchQuery, indices: IndexSet, encoder: Encoder | None) -> tupl
     return (q.kind, name, spec, dim), index
 
 
+def _inputs(kind: str, queries: list[SearchQuery]) -> list[Any]:
+    """What the encoder takes for a group of one kind: its texts or its images."""
+    return [q.text for q in queries] if kind == "text" else [q.image for q in queries]
+
+
+def _search_group(
+    key: tuple, index: VectorIndex, queries: list[SearchQuery], vectors: np.ndarray | None
+) -> list[SearchResult]:
+    """One FAISS search for queries that share (kind, index, filters); ``vectors``: their encoded
+    texts or images (None for embedding queries, which carry their own)."""
+    name = key[1]
+    n = min(max(q.k for q in queries), len(index))  # k above the index size: every vector
+    if n == 0:
+        return [SearchResult(name, []) for _ in queries]
+    if vectors is None:
+        vectors = np.stack([q.embedding for q in queries])
+    rows = index.search(vectors, k=n, filters=queries[0].filters)
+    return [SearchResult(name, hits[: q.k]) for q, hits in zip(queries, rows)]
+
+
 def _run_group(
     key: tuple, index: VectorIndex, queries: list[SearchQuery], encoder: Encoder | None
 ) -> list[SearchResult]:
     """One encoder call and one FAISS search for queries that share (kind, index, filters)."""
-    kind, name = key[0], key[1]
-    n = min(max(q.k for q in queries), len(index))  # k above the index size: every vector
-    if n == 0:
-        return [SearchResult(name, []) for _ in queries]
-    if kind == "text":
-        vectors = encoder.encode_texts([q.text for q in queries])
-    elif kind == "image":
-        vectors = encoder.encode_images([q.image for q in queries])
-    else:
-        vectors = np.stack([q.embedding for q in queries])
-    rows = index.search(vectors, k=n, filters=queries[0].filters)
-    return [SearchResult(name, hits[: q.k]) for q, hits in zip(queries, rows)]
+    kind = key[0]
+    vectors = None
+    if kind != "embedding" and len(index):
+        encode = encoder.encode_texts if kind == "text" else encoder.encode_images
+        vectors = encode(_inputs(kind, queries))
+    return _search_group(key, index, queries, vectors)
+
+
+def _check_batch(indices: IndexSet, identity: ModelIdentity | None) -> None:
+    if not isinstance(indices, IndexSet):
+        raise TypeError(
+            f"`indices` must be an IndexSet (it checks the model/index pairs), got {type(indices).__name__}"
+        )
+    if identity is not None and identity != indices.model:
+        raise IndexMismatchError(
+            f"the indices were checked against {indices.model} but the encoder is {identity}; "
+            "build the IndexSet with model=encoder.identity"
+        )
+
+
+def _plan(
+    queries: Sequence[SearchQuery], indices: IndexSet, encoder: Any, return_exceptions: bool
+) -> tuple[list[Any], dict[tuple, tuple[VectorIndex, list[int]]]]:
+    """Each query checked against its index (before anything is encoded) and grouped by (kind, index,
+    filters): ``(out, groups)``, ``out`` holding the exception of each query that failed its check."""
+    out: list[Any] = [None] * len(queries)
+    groups: dict[tuple, tuple[VectorIndex, list[int]]] = {}
+    for i, q in enumerate(queries):
+        try:
+            key, index = _prepare(q, indices, encoder)
+        except Exception as exc:
+            if not return_exceptions:
+                raise
+            out[i] = exc
+            continue
+        groups.setdefault(key, (index, []))[1].append(i)
+    return out, groups
 
 
 def search_batch(
@@ -354,26 +402,8 @@ def search_batch(
     before anything is encoded. With ``return_exceptions=True`` (as in ``asyncio.gather``), a failing
     query's exception takes its place in the list instead, and the other queries still run.
     """
-    if not isinstance(indices, IndexSet):
-        raise TypeError(
-            f"`indices` must be an IndexSet (it checks the model/index pairs), got {type(indices).__name__}"
-        )
-    if encoder is not None and encoder.identity != indices.model:
-        raise IndexMismatchError(
-            f"the indices were checked against {indices.model} but the encoder is {encoder.identity}; "
-            "build the IndexSet with model=encoder.identity"
-        )
-    out: list[Any] = [None] * len(queries)
-    groups: dict[tuple, tuple[VectorIndex, list[int]]] = {}
-    for i, q in enumerate(queries):
-        try:
-            key, index = _prepare(q, indices, encoder)
-        except Exception as exc:
-            if not return_exceptions:
-                raise
-            out[i] = exc
-            continue
-        groups.setdefault(key, (index, []))[1].append(i)
+    _check_batch(indices, None if encoder is None else encoder.identity)
+    out, groups = _plan(queries, indices, encoder, return_exceptions)
     for key, (index, members) in groups.items():
         try:
             results = _run_group(key, index, [queries[i] for i in members], encoder)
@@ -381,6 +411,57 @@ def search_batch(
             if not return_exceptions:
                 raise
             results = [exc] * len(members)
+        for i, result in zip(members, results):
+            out[i] = result
+    return out
+
+
+class AsyncEncoder(Protocol):
+    """:class:`Encoder` for callers on an event loop: the same identity, awaitable batched encoders
+    (a model served elsewhere, e.g. the search service's embedding deployment)."""
+
+    identity: ModelIdentity
+
+    async def aencode_texts(self, texts: list[str]) -> np.ndarray:
+        """``(len(texts), dim)`` embeddings."""
+        ...
+
+    async def aencode_images(self, images: list[np.ndarray]) -> np.ndarray:
+        """``(len(images), dim)`` embeddings of decoded ``(H, W, 3)`` uint8 images."""
+        ...
+
+
+async def search_batch_async(
+    queries: Sequence[SearchQuery],
+    indices: IndexSet,
+    encoder: AsyncEncoder | None = None,
+    *,
+    return_exceptions: bool = False,
+) -> list[SearchResult] | list[SearchResult | Exception]:
+    """:func:`search_batch` on an event loop: the same checks, groups, results and errors, with the
+    encoder awaited (no thread blocks on it) and each group's FAISS search and hit shaping run in a
+    worker thread (``asyncio.to_thread``). The groups of one batch are encoded concurrently."""
+    import asyncio
+
+    _check_batch(indices, None if encoder is None else encoder.identity)
+    out, groups = _plan(queries, indices, encoder, return_exceptions)
+
+    async def run(key: tuple, index: VectorIndex, members: list[int]) -> list[Any]:
+        group = [queries[i] for i in members]
+        vectors = None
+        if key[0] != "embedding" and len(index):
+            encode = encoder.aencode_texts if key[0] == "text" else encoder.aencode_images
+            vectors = await encode(_inputs(key[0], group))
+        return await asyncio.to_thread(_search_group, key, index, group, vectors)
+
+    done = await asyncio.gather(
+        *(run(key, index, members) for key, (index, members) in groups.items()), return_exceptions=True
+    )
+    for (_, members), results in zip(groups.values(), done):
+        if isinstance(results, BaseException):
+            if not return_exceptions or not isinstance(results, Exception):
+                raise results
+            results = [results] * len(members)
         for i, result in zip(members, results):
             out[i] = result
     return out

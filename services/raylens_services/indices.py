@@ -1,10 +1,14 @@
 """The index deployment: named FAISS indices, searched by the one search core (:func:`raylens.search.search_batch`).
 
-Concurrent searches are batched here (``@serve.batch``): the core groups them by (kind, index,
-filters), has the embedding deployment encode each group's texts or images in one call, and runs one
-FAISS search per group. Each caller gets its own result, or its own error raised as the exception it
-is (a client's mistake is logged as one INFO line, not as an ERROR; see
-:func:`raylens.serve.observe.quiet_client_errors`).
+``search_many`` takes a batch the caller formed (the search ingress batches its queries) and runs it
+with :func:`raylens.search.search_batch_async` on the replica's event loop: the core groups the
+queries by (kind, index, filters), awaits the embedding deployment's encoding of each group's texts
+or images (one call per group; no thread blocks on it), and runs one FAISS search per group in a
+worker thread. It returns one outcome per query: the hits, or the query's own error as the
+exception it is, for the caller to raise to that query's client only. ``search`` takes one query;
+concurrent ones are batched adaptively (:class:`raylens.serve.batching.AdaptiveBatcher`: no wait
+when the replica is idle), and a query's error is raised to its caller (a client's mistake is
+logged as one INFO line, not as an ERROR; see :func:`raylens.serve.observe.quiet_client_errors`).
 
 Indices come from the ``indices`` argument or the ``user_config`` (``{"indices": {name: directory}}``),
 else from ``RAYLENS_INDEX`` (``dir`` or ``name=dir,name2=dir2``). Every index is checked against the
@@ -41,11 +45,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from raylens.index.manifest import normalize_data_roots
-from raylens.search import IndexSet, SearchQuery, search_batch
+from raylens.search import IndexSet, SearchQuery, search_batch_async
+from raylens.serve.batching import AdaptiveBatcher
 from raylens.serve.files import item_file
 from raylens.serve.observe import INDEX_VECTORS, FailureStreak, quiet_client_errors
 from raylens.serve.search_api import describe_indices
-from raylens_services.embedding import DEFAULT_BATCH, DEFAULT_WAIT_S, EmbedderClient
+from raylens_services.embedding import EmbedderClient
 
 __all__ = ["IndexServer", "INDEX_ENV", "parse_index_spec", "app"]
 
@@ -78,7 +83,8 @@ class IndexServer:
     """Searches the named indices (the first is the default) with the embedding deployment's model.
 
     ``embedder``: a handle to :class:`raylens_services.embedding.ClipEmbedder` (None: embedding
-    queries only). ``batch``: ``{max_batch_size, batch_wait_timeout_s}`` of the search batches.
+    queries only). ``batch``: ``{max_batch_size, max_concurrent_batches, batch_wait_timeout_s}`` of the
+    batches of single ``search`` calls (:meth:`raylens.serve.batching.AdaptiveBatcher.from_config`).
     ``data_roots``: ``{index name: [directories]}`` to serve item files from, instead of the roots
     each index's manifest declares.
     """
@@ -93,9 +99,7 @@ class IndexServer:
         from ray.serve.metrics import Gauge
 
         quiet_client_errors()
-        batch = dict(batch or {})
-        self._search_batch.set_max_batch_size(int(batch.get("max_batch_size", DEFAULT_BATCH)))
-        self._search_batch.set_batch_wait_timeout_s(float(batch.get("batch_wait_timeout_s", DEFAULT_WAIT_S)))
+        self._batcher = AdaptiveBatcher.from_config(self.search_many, batch)
         self._size = Gauge(INDEX_VECTORS, "vectors in each open index", tag_keys=("index",))
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-load")
         self._failures = FailureStreak()
@@ -189,22 +193,22 @@ class IndexServer:
     async def search(self, query: SearchQuery) -> dict[str, Any]:
         """One query's ``{"index", "hits"}`` (hits as dicts); concurrent calls run as one batch.
         A query's error is raised to its caller only."""
-        self._served = True
-        outcome = await self._search_batch(query)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome.to_dict()
+        return await self._batcher.submit(query)
 
-    @serve.batch(max_batch_size=DEFAULT_BATCH, batch_wait_timeout_s=DEFAULT_WAIT_S, max_concurrent_batches=4)
-    async def _search_batch(self, queries: list[SearchQuery]) -> list[Any]:
+    async def search_many(self, queries: list[SearchQuery]) -> list[dict[str, Any] | Exception]:
+        """A batch of queries, one outcome each, in order: ``{"index", "hits"}`` (hits as dicts), or the
+        query's own error (returned, not raised: the other queries' results still come back)."""
+        self._served = True
         indices = self.indices  # this batch keeps the set it started with, whatever a swap does meanwhile
-        out = await asyncio.to_thread(search_batch, queries, indices, self.encoder, return_exceptions=True)
+        out = await search_batch_async(list(queries), indices, self.encoder, return_exceptions=True)
         errors = [o for o in out if isinstance(o, Exception)]
         if len(errors) < len(out):
             self._failures.ok()
         for exc in errors:
             self._failures.record(exc)
-        return out
+            # logged as a raised one would be: a client's mistake as one INFO line (quiet_client_errors)
+            log.error("Request failed.", exc_info=(type(exc), exc, exc.__traceback__))
+        return [o if isinstance(o, Exception) else o.to_dict() for o in out]
 
     async def image(self, name: str | None, item_id: int, max_bytes: int) -> tuple[bytes, str]:
         """``(bytes, media type)`` of an item's file, from the index's data roots only (404 otherwise)."""

@@ -7,7 +7,10 @@ through ``DeploymentHandle``s:
 
 * ``POST /search``: text, an image (multipart ``image`` file or JSON ``image_b64``) or an
   ``embedding``; ``k``; metadata ``filters``; ``index`` name -> hits with scores and metadata. The
-  index deployment runs the one search core (:func:`raylens.search.search_batch`).
+  ingress batches concurrent searches adaptively (:class:`raylens.serve.batching.AdaptiveBatcher`: a
+  search that finds the ingress idle goes at once, with no batching wait; those that arrive while
+  batches are in flight leave together) and sends each batch in one call to the index deployment,
+  which runs the one search core (:func:`raylens.search.search_batch_async`).
 * ``POST /embed``, ``POST /classify`` (A/B split between classifier versions), ``GET /indices``,
   ``GET /images/{index}/{id}`` (a hit's file, from the index's data roots only), ``GET /status``
   (details), ``GET /openapi.json`` (the live contract): all behind the API key.
@@ -37,12 +40,13 @@ from ray.serve.handle import DeploymentHandle
 
 from raylens.search import SearchQuery
 from raylens.serve.auth import ServeAuth, app_flag, resolve_auth
+from raylens.serve.batching import BATCH_KEYS, AdaptiveBatcher
 from raylens.serve.limits import ServeLimits
 from raylens.serve.observe import LATENCY_BOUNDARIES_MS, MODEL_LATENCY_MS, REQUESTS, SEARCH_LATENCY_MS
 from raylens.serve.ray_apps import serve_http_host
 from raylens.serve.search_api import Observer, create_search_api
 from raylens_services.classify import Classifier
-from raylens_services.embedding import CHECKPOINT_ENV, ClipEmbedder
+from raylens_services.embedding import CHECKPOINT_ENV, ClipEmbedder, data_plane
 from raylens_services.indices import INDEX_ENV, IndexServer, parse_index_spec
 from raylens_services.retry import call_async
 
@@ -57,13 +61,23 @@ class HandleBackend:
     """The search API's backend (:class:`raylens.serve.search_api.SearchBackend`) over deployment handles.
 
     Every call reads and never writes, so a call whose replica dies under it is sent again (a live
-    replica, or the replacement, takes it): :mod:`raylens_services.retry`.
+    replica, or the replacement, takes it): :mod:`raylens_services.retry`. Searches are batched here
+    (``batch``: :meth:`raylens.serve.batching.AdaptiveBatcher.from_config`) into one ``search_many``
+    call to the index deployment per batch.
     """
 
-    def __init__(self, embedder: DeploymentHandle, indices: DeploymentHandle, classifiers: dict[str, DeploymentHandle]):
+    def __init__(
+        self,
+        embedder: DeploymentHandle,
+        indices: DeploymentHandle,
+        classifiers: dict[str, DeploymentHandle],
+        batch: dict[str, Any] | None = None,
+    ):
         self.embedder = embedder
         self.indices = indices
+        self._fast_indices = data_plane(indices)  # searches: Serve's gRPC data plane
         self.classifiers = classifiers
+        self.searches = AdaptiveBatcher.from_config(self._search_many, batch)
 
     async def ready(self) -> bool:
         return bool((await self._describe())["indices"])
@@ -97,8 +111,11 @@ class HandleBackend:
         return await self._describe()
 
     async def search(self, query: SearchQuery) -> dict[str, Any]:
-        # batched with concurrent searches over there; sent again if the index replica dies under it
-        return await call_async(lambda: self.indices.search.remote(query), "indices.search")
+        return await self.searches.submit(query)  # a query's own error is raised here, to its client only
+
+    async def _search_many(self, queries: list[SearchQuery]) -> list[dict[str, Any] | Exception]:
+        # one call per batch; the whole batch is sent again if the index replica dies under it
+        return await call_async(lambda: self._fast_indices.search_many.remote(queries), "indices.search_many")
 
     async def embed(self, kind: str, items: list[Any]) -> dict[str, Any]:
         method = self.embedder.embed_text if kind == "text" else self.embedder.embed_image
@@ -190,6 +207,7 @@ class SearchIngress:
         split: dict[str, float] | None = None,
         limits: dict[str, Any] | None = None,
         auth: ServeAuth | None = None,
+        batch: dict[str, Any] | None = None,
     ):
         self.auth = auth if auth is not None else ServeAuth()
         if not isinstance(self.auth, ServeAuth):
@@ -205,7 +223,7 @@ class SearchIngress:
                 f"{sorted(self.classifiers)}; give a weight to each version"
             )
         self.limits = ServeLimits(**limits) if limits else ServeLimits.from_env()
-        self.backend = HandleBackend(embedder, indices, self.classifiers)
+        self.backend = HandleBackend(embedder, indices, self.classifiers, batch)
 
     def __serve_build_asgi_app__(self):
         api = create_search_api(
@@ -253,7 +271,8 @@ def build_app(args: dict[str, Any] | None = None):
     ``checkpoint``/``model`` (default: the first index's manifest), ``classifiers`` (``{version:
     {checkpoint, weight, classes, templates}}``; a missing checkpoint means the embedding model's;
     default ``RAYLENS_CLASSIFIER`` as one timm/CLIP checkpoint dir), ``limits`` (ServeLimits fields),
-    ``batch`` (``{max_batch_size, batch_wait_timeout_s}`` of the search batches and the embedder), ``options``
+    ``batch`` (``{max_batch_size, max_concurrent_batches, batch_wait_timeout_s}`` of the adaptive batches of
+    the ingress's searches, the index's single searches and the embedder; see :mod:`raylens.serve.batching`), ``options``
     (``{deployment name: Serve options}``, e.g. ``autoscaling_config``; a config file's
     ``deployments:`` section does the same for ``serve run``).
     """
@@ -279,6 +298,8 @@ def build_app(args: dict[str, Any] | None = None):
         checkpoint = from_index or _abs(os.environ.get(CHECKPOINT_ENV))
         model = model or index_model
     batch = dict(args.get("batch") or {})
+    if set(batch) - set(BATCH_KEYS):
+        raise ValueError(f"unknown `batch` setting(s) {sorted(set(batch) - set(BATCH_KEYS))}; use {list(BATCH_KEYS)}")
     embedder = deployment(ClipEmbedder).bind(checkpoint, model, **batch)
     index_server = deployment(IndexServer).bind(indices or None, embedder, batch, data_roots or None)
     versions = dict(args.get("classifiers") or {})
@@ -292,7 +313,7 @@ def build_app(args: dict[str, Any] | None = None):
         )
         split[v] = float(cfg.get("weight", 1.0))
     return deployment(SearchIngress).bind(
-        embedder, index_server, classifiers or None, split or None, args.get("limits"), auth
+        embedder, index_server, classifiers or None, split or None, args.get("limits"), auth, batch=batch or None
     )
 
 

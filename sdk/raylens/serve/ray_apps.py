@@ -96,12 +96,15 @@ def config_args(cfg: dict[str, Any], app_name: str | None = None) -> dict[str, A
     return dict(_app(cfg, app_name).get("args") or {})
 
 
-def start_http(host: str = "127.0.0.1", port: int | None = None) -> int:
-    """Start Serve's HTTP proxy on ``host:port`` (a free port when None); returns the port."""
+def start_http(host: str = "127.0.0.1", port: int | None = None, logging_config: dict[str, Any] | None = None) -> int:
+    """Start Serve's HTTP proxy on ``host:port`` (a free port when None); returns the port.
+    ``logging_config``: Serve's global one (the proxy's, e.g. ``{"enable_access_log": False}``)."""
     from ray import serve
 
     port = port or free_port(host)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(
+        http_options={"host": host, "port": port}, **({"logging_config": logging_config} if logging_config else {})
+    )
     return port
 
 

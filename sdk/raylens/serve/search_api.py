@@ -166,7 +166,9 @@ def create_search_api(
     async def parse_search_request(request: Request) -> SearchQuery:
         if _content_type(request) == "application/json":
             body = await read_json(request)
-            return await asyncio.to_thread(parse_search, body, limits)  # may decode an image
+            if isinstance(body, dict) and body.get("image_b64") is None:  # no image to decode: checks only
+                return parse_search(body, limits)
+            return await asyncio.to_thread(parse_search, body, limits)  # decodes the image
         fields, images = await read_form(request)
         if len(images) > 1:
             raise ServeError(422, "one_query", "send one `image` file per search")
