@@ -1,25 +1,39 @@
-"""``raylens bench serve``: text-to-image search over HTTP on Ray Serve against the same encode+search
-called in-process in a loop.
+"""``raylens bench serve``: text-to-image search over HTTP on Ray Serve against what a user would run
+instead, measured in the same run on the same index and model.
 
 One run on this machine, on 127.0.0.1 (``--quick``: a 20k index and shorter phases):
 
 - the index: 100k clustered synthetic vectors (:mod:`raylens.index.synthetic`) of the model's dim,
   built with the automatic index choice; the model: a random-init ``clip-tiny`` checkpoint (the
   demo's architecture; encode cost, not accuracy, is what is measured);
-- baseline: ``encode_texts([q])`` + ``index.search`` in a loop in this process (queries/s);
-- Serve: a bounded closed loop of ``POST /search`` (``k=10``) at concurrency 1, 8 and 32 with the
-  embedder at 1 replica: QPS, p50 and p99 per level. The primary value is QPS at 32 (goal >= 0.7x
-  the baseline);
-- dynamic batching off (``max_batch_size=1``) against on at concurrency 32 (goal >= 1.5x), with the
-  model's own encode cost per text alone and in batches of 32 (the most batching can save);
+- rivals: the in-process loop, ``encode_texts([q])`` + ``index.search`` one query at a time in this
+  process, with torch's default threads (as a user would run it) and on one torch thread (faster
+  for such small calls, far faster when other jobs share the cores), and a plain FastAPI + uvicorn
+  server in one process doing the same per request (:mod:`raylens_benchmarks._serve_rival`), loaded
+  over real HTTP like ours. The baseline is the strongest of them;
+- the load: a bounded closed loop of ``POST /search`` (``k=10``) at concurrency 1, 8 and 32 from an
+  aiohttp client in this process, for the search service (the embedder at 1 replica) and for the
+  FastAPI server: QPS, p50 and p99 per level, with the load average. The primary value is our QPS at
+  32 (goal: at least 2x the in-process loop); the goal at concurrency 1 is a p50 of at most 10 ms;
+- the bounds: for QPS, the cores over the CPU time of one query's model work (encode + search, one
+  torch thread, at the batch size the service uses, 32); for latency, the floor of one query's model
+  work (encode + search of a single query, in process, the fastest of many);
+- where the time of one request at concurrency 1 goes (``extra.latency_breakdown_c1``): the median
+  of each layer, peeled off with calls that skip the layers above it;
+- adaptive batching off (``max_batch_size=1``) against on at concurrency 32, with the model's own
+  encode cost per text alone and in batches of 32 (the most batching can save);
 - autoscaling: the embedder with the ``autoscaling_config`` of ``services/raylens_services/search.yaml`` under
   concurrency 32, then idle: running replicas sampled every second go into ``extra``.
+
+Per-request log lines are off while measuring, for Serve's proxy and replicas and for uvicorn alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,14 +41,20 @@ from typing import Any
 
 import numpy as np
 
-from raylens.bench import BenchResult, register_benchmark
+from raylens.bench import BenchResult, Bound, BoundExceeded, Rival, Window, register_benchmark
 
 K = 10
+LEVELS = (1, 8, 32)
+BATCH = 32
+"""The search batches' ``max_batch_size`` (the service's default): the batch size of the QPS bound."""
 SERVE_LOGGING = {"encoding": "JSON", "log_level": "WARNING", "enable_access_log": False}
 """Per-request log lines off while measuring (they would stream to this process, which also runs the client)."""
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 SIZES = ("small", "large")
+IN_PROCESS = "in-process loop: encode_texts([q]) + index.search, one query at a time"
+IN_PROCESS_1T = "the same in-process loop on one torch thread"
+FASTAPI = "FastAPI + uvicorn, one process: encode_texts([q]) + index.search per request"
 
 
 def _queries() -> list[str]:
@@ -45,26 +65,33 @@ def _percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
+def _load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
 async def _closed_loop(
     url: str, queries: list[str], concurrency: int, seconds: float, warmup_s: float
 ) -> dict[str, Any]:
-    """``concurrency`` workers, each sending the next query as soon as its last one returned."""
+    """``concurrency`` workers, each sending the next query as soon as its last one returned; the
+    figures count the requests sent after ``warmup_s`` (``all_requests``: every one, warm-up too)."""
     import aiohttp
 
     latencies: list[float] = []
     errors = 0
+    sent = 0
     t_start = time.perf_counter()
     t_measure, t_end = t_start + warmup_s, t_start + warmup_s + seconds
     counter = iter(range(10**9))
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal errors
+        nonlocal errors, sent
         while (now := time.perf_counter()) < t_end:
             q = queries[next(counter) % len(queries)]
             async with session.post(url, json={"text": q, "k": K}) as resp:
                 await resp.read()
                 ok = resp.status == 200
             done = time.perf_counter()
+            sent += 1
             if now >= t_measure:
                 if ok:
                     latencies.append(done - now)
@@ -81,6 +108,9 @@ async def _closed_loop(
         "p99_ms": round(_percentile(latencies, 99) * 1000, 2),
         "requests": len(latencies),
         "errors": errors,
+        "all_requests": sent,
+        "elapsed_s": round(time.perf_counter() - t_start, 2),
+        "load_average_1m": _load_average(),
     }
 
 
@@ -88,16 +118,35 @@ def _load(url: str, queries: list[str], concurrency: int, seconds: float, warmup
     return asyncio.run(_closed_loop(url, queries, concurrency, seconds, warmup_s))
 
 
-def _encode_cost(model, queries: list[str], batch: int = 32, repeats: int = 5) -> dict[str, float]:
-    """Milliseconds of CPU per text for one text at a time and for batches of ``batch``, on one torch
-    thread as a replica runs: the most dynamic batching can save per request."""
+def _levels(url: str, queries: list[str], seconds: float) -> list[dict[str, Any]]:
+    return [_load(f"{url}/search", queries, c, seconds) for c in LEVELS]
+
+
+def _one_thread():
+    import contextlib
+
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    @contextlib.contextmanager
+    def ctx():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+    return ctx()
+
+
+def _model_costs(model, index, queries: list[str], batch: int = BATCH, repeats: int = 5) -> dict[str, float]:
+    """Milliseconds of one query's model work on one torch thread, as a replica runs it: encode and
+    search alone and in batches of ``batch`` (the most batching can save), and the floor of a
+    single query's encode + search (the fastest of many)."""
+    with _one_thread():
         texts = [queries[i % len(queries)] for i in range(batch)]
-        model.encode_texts(texts)  # warm-up
+        vectors = model.encode_texts(texts)  # warm-up
+        index.search(vectors, k=K)
         t = time.perf_counter()
         for _ in range(repeats):
             for q in texts:
@@ -107,16 +156,32 @@ def _encode_cost(model, queries: list[str], batch: int = 32, repeats: int = 5) -
         for _ in range(repeats):
             model.encode_texts(texts)
         batched = (time.perf_counter() - t) / (repeats * batch)
-    finally:
-        torch.set_num_threads(threads)
+        t = time.perf_counter()
+        for _ in range(repeats):
+            for i in range(batch):
+                index.search(vectors[i : i + 1], k=K)
+        search_single = (time.perf_counter() - t) / (repeats * batch)
+        t = time.perf_counter()
+        for _ in range(repeats):
+            index.search(vectors, k=K)
+        search_batched = (time.perf_counter() - t) / (repeats * batch)
+        one = []
+        for i in range(5 * batch):
+            t = time.perf_counter()
+            index.search(model.encode_texts([texts[i % batch]]), k=K)
+            one.append(time.perf_counter() - t)
     return {
         "single_ms_per_text": round(single * 1000, 3),
         f"batch{batch}_ms_per_text": round(batched * 1000, 3),
         "speedup": round(single / batched, 2),
+        "search_single_ms_per_query": round(search_single * 1000, 3),
+        f"search_batch{batch}_ms_per_query": round(search_batched * 1000, 3),
+        "query_floor_ms": round(min(one) * 1000, 3),
+        "query_p50_ms": round(_percentile(one, 50) * 1000, 3),
     }
 
 
-def _baseline(model, index, queries: list[str], seconds: float) -> dict[str, Any]:
+def _in_process(model, index, queries: list[str], seconds: float) -> dict[str, Any]:
     for q in queries[:10]:  # warm-up
         index.search(model.encode_texts([q]), k=K)
     lat: list[float] = []
@@ -132,8 +197,73 @@ def _baseline(model, index, queries: list[str], seconds: float) -> dict[str, Any
         "qps": round(len(lat) / total, 1),
         "p50_ms": round(_percentile(lat, 50) * 1000, 2),
         "p99_ms": round(_percentile(lat, 99) * 1000, 2),
+        "min_ms": round(min(lat) * 1000, 3),
         "requests": len(lat),
+        "seconds": round(total, 2),
+        "load_average_1m": _load_average(),
     }
+
+
+def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before it was ready")
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s")
+
+
+def _fastapi_rival(workdir: Path, ckpt: Path, queries: list[str], seconds: float) -> tuple[Rival, dict[str, Any]]:
+    """The FastAPI + uvicorn server in a subprocess, loaded like ours; a failure is a result too."""
+    from raylens.serve.ray_apps import free_port
+
+    t0 = time.perf_counter()
+    port = free_port()
+    script = Path(__file__).with_name("_serve_rival.py")
+    cmd = [
+        sys.executable,
+        str(script),
+        "--index",
+        str(workdir / "index"),
+        "--checkpoint",
+        str(ckpt),
+        "--port",
+        str(port),
+    ]
+    log = (workdir / "fastapi-rival.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/healthz", 300, proc)
+        startup_s = time.perf_counter() - t0
+        levels = _levels(url, queries, seconds)
+    except Exception as exc:  # noqa: BLE001 - a rival that cannot run is a result with its reason
+        tail = (workdir / "fastapi-rival.log").read_text(errors="replace")[-500:]
+        return Rival(FASTAPI, None, round(time.perf_counter() - t0, 1), f"{type(exc).__name__}: {exc} {tail}"), {}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    c1, c32 = levels[0], levels[-1]
+    failed = [lv for lv in levels if lv["errors"] or not lv["requests"]]
+    if failed:
+        note = f"{sum(lv['errors'] for lv in levels)} failed requests (see extra.fastapi_uvicorn)"
+        return Rival(FASTAPI, None, round(time.perf_counter() - t0, 1), note), {"levels": levels}
+    note = f"QPS at c=32; c=1 p50 {c1['p50_ms']} ms p99 {c1['p99_ms']} ms; QPS c=1/8/32 " + "/".join(
+        str(lv["qps"]) for lv in levels
+    )
+    rival = Rival(FASTAPI, c32["qps"], round(time.perf_counter() - t0, 1), note)
+    return rival, {"startup_s": round(startup_s, 1), "levels": levels}
 
 
 def _deploy(args: dict[str, Any], port: int) -> str:
@@ -143,6 +273,68 @@ def _deploy(args: dict[str, Any], port: int) -> str:
     url = f"http://127.0.0.1:{port}"
     wait_ready(f"{url}/healthz", timeout_s=300)
     return url
+
+
+def _median_ms(call, n: int) -> float:
+    for _ in range(10):
+        call()
+    lat = []
+    for _ in range(n):
+        t = time.perf_counter()
+        call()
+        lat.append(time.perf_counter() - t)
+    return round(_percentile(lat, 50) * 1000, 2)
+
+
+def _breakdown(url: str, queries: list[str], model_floor_ms: float, n: int) -> dict[str, Any]:
+    """Where one request's time goes at concurrency 1: the median of the whole HTTP request, of the
+    time inside the ingress (its ``took_ms``), of one search sent straight to the index deployment,
+    of one encode sent straight to the embedder and of a call that does nothing there (a bare hop),
+    each from this process, one at a time. The layers are the differences of those medians."""
+    import requests
+    from ray import serve
+
+    from raylens.search import SearchQuery
+    from raylens_services.embedding import data_plane
+
+    session = requests.Session()
+    http, took = [], []
+    for i in range(n + 10):
+        t = time.perf_counter()
+        r = session.post(f"{url}/search", json={"text": queries[i % len(queries)], "k": K}, timeout=60)
+        d = time.perf_counter() - t
+        if i >= 10 and r.status_code == 200:
+            http.append(d)
+            took.append(r.json()["took_ms"] / 1000)
+    index = data_plane(serve.get_deployment_handle("IndexServer", "raylens-bench"))
+    embedder = data_plane(serve.get_deployment_handle("ClipEmbedder", "raylens-bench"))
+    q = SearchQuery(text=queries[0], k=K)
+    m = {
+        "http_request": round(_percentile(http, 50) * 1000, 2),
+        "inside_ingress": round(_percentile(took, 50) * 1000, 2),
+        "index_search_call": _median_ms(lambda: index.search_many.remote([q]).result(), n),
+        "embedder_encode_call": _median_ms(lambda: embedder.embed_texts.remote([queries[1]]).result(), n),
+        "bare_hop": _median_ms(lambda: embedder.info.remote().result(), n),
+    }
+    return {
+        "medians_ms": m,
+        "layers_ms": {
+            "client + Serve's HTTP proxy + the hop to the ingress": round(m["http_request"] - m["inside_ingress"], 2),
+            "ingress (body fetched from the proxy, FastAPI route, parse, batcher, JSON reply) beyond its index call": round(
+                m["inside_ingress"] - m["index_search_call"], 2
+            ),
+            "index (its hop, the hop to the embedder, the search) beyond the encode call": round(
+                m["index_search_call"] - m["embedder_encode_call"], 2
+            ),
+            "embedder: the encode beyond a bare hop": round(m["embedder_encode_call"] - m["bare_hop"], 2),
+            "a bare hop (a call that does nothing, there and back)": m["bare_hop"],
+        },
+        "model_work_floor_ms": model_floor_ms,
+        "requests": n,
+        "load_average_1m": _load_average(),
+        "note": "differences of medians (approximate); the calls to the index and the embedder are sent "
+        "from the benchmark process over the same gRPC data plane the service uses",
+    }
 
 
 def _autoscaling(url: str, queries: list[str], load_s: float, idle_s: float) -> dict[str, Any]:
@@ -204,9 +396,20 @@ def _save_timeline_png(timeline: list[dict[str, Any]], load_end_s: float, path: 
     return path
 
 
+def _check_latency_floor(latency: dict[str, dict[str, float]], floor_ms: float) -> None:
+    """A p50 below the floor of one query's model work is an accounting error, as a QPS above its bound is."""
+    for who, fig in latency.items():
+        if fig.get("p50_ms") is not None and fig["p50_ms"] < floor_ms * 0.9999:
+            raise BoundExceeded(
+                f"bench serve: {who} reports a c=1 p50 of {fig['p50_ms']} ms, below the floor of one "
+                f"query's model work ({floor_ms} ms): the benchmark measured the wrong window"
+            )
+
+
 @register_benchmark(
     "serve",
-    doc="Search over HTTP on Ray Serve vs in-process encode+search (QPS, p50, p99), batching on/off, autoscaling.",
+    doc="Search over HTTP on Ray Serve vs an in-process loop and a FastAPI+uvicorn server (QPS at c=1/8/32, "
+    "p50/p99, where the time goes), batching on/off, autoscaling.",
 )
 def bench_serve(quick: bool, workdir: Path) -> BenchResult:
     import torch
@@ -236,11 +439,22 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
     index.save(workdir / "index")
     queries = _queries()
     threads = torch.get_num_threads()
-    base = _baseline(model, index, queries, phase_s)
-    encode = _encode_cost(model, queries)
+    base = _in_process(model, index, queries, phase_s)
+    with _one_thread():
+        base_one_thread = _in_process(model, index, queries, phase_s)
+    costs = _model_costs(model, index, queries)
+    floor_ms = min(costs["query_floor_ms"], base["min_ms"], base_one_thread["min_ms"])
+    cores = os.cpu_count() or 1
+    per_query_ms = costs[f"batch{BATCH}_ms_per_text"] + costs[f"search_batch{BATCH}_ms_per_query"]
+    bound = Bound(
+        round(cores * 1000 / per_query_ms, 1),
+        f"{cores} cores / {per_query_ms:.3f} ms of model work per query (encode + search at batch {BATCH}, "
+        "one torch thread, measured in this run)",
+    )
+    fastapi, fastapi_extra = _fastapi_rival(workdir, ckpt, queries, phase_s)
 
     init_ray()
-    port = start_http("127.0.0.1")
+    port = start_http("127.0.0.1", logging_config=SERVE_LOGGING)
     options = config_options(load_config())  # services/raylens_services/search.yaml's deployment settings
     fixed = {
         **options,
@@ -251,8 +465,11 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
         },
     }
     args = {"indices": {"bench": str(workdir / "index")}, "options": fixed}
+    t = time.perf_counter()
     url = _deploy(args, port)
-    levels = [_load(f"{url}/search", queries, c, phase_s) for c in (1, 8, 32)]
+    deploy_s = time.perf_counter() - t
+    levels = _levels(url, queries, phase_s)
+    breakdown = _breakdown(url, queries, floor_ms, n=150 if quick else 400)
     on32 = levels[-1]
     url = _deploy({**args, "batch": {"max_batch_size": 1}}, port)
     off32 = _load(f"{url}/search", queries, 32, phase_s)
@@ -267,40 +484,96 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
         import shutil
 
         shutil.copy(png, os.environ["RAYLENS_BENCH_PNG"])
+
+    c1 = levels[0]
+    in_process = Rival(
+        IN_PROCESS,
+        base["qps"],
+        base["seconds"],
+        f"one query at a time (no concurrency): p50 {base['p50_ms']} ms p99 {base['p99_ms']} ms; "
+        f"torch's default {threads} threads",
+    )
+    in_process_1t = Rival(
+        IN_PROCESS_1T,
+        base_one_thread["qps"],
+        base_one_thread["seconds"],
+        f"p50 {base_one_thread['p50_ms']} ms p99 {base_one_thread['p99_ms']} ms",
+    )
+    rivals = [in_process, in_process_1t, fastapi]
+    strongest = max((r for r in rivals if r.value is not None), key=lambda r: r.value)
+    latency = {
+        "raylens": {"p50_ms": c1["p50_ms"], "p99_ms": c1["p99_ms"]},
+        "fastapi_uvicorn": {k: fastapi_extra["levels"][0][k] for k in ("p50_ms", "p99_ms")} if fastapi.value else {},
+        "in_process_loop": {"p50_ms": base["p50_ms"], "p99_ms": base["p99_ms"]},
+        "in_process_loop_one_thread": {"p50_ms": base_one_thread["p50_ms"], "p99_ms": base_one_thread["p99_ms"]},
+    }
+    _check_latency_floor(latency, floor_ms)
     return BenchResult(
         name="serve",
         metric="search_qps_at_concurrency_32",
         value=on32["qps"],
-        baseline_name="in-process loop: encode_texts([q]) + index.search, one query at a time",
-        baseline_value=base["qps"],
+        baseline_name=strongest.name,
+        baseline_value=strongest.value,
+        rivals=rivals,
+        end_to_end=Window(
+            round(on32["all_requests"] / on32["elapsed_s"], 1),
+            on32["elapsed_s"],
+            note="the concurrency-32 phase from its first request (cold connections and warm-up included)",
+        ),
+        steady_state=Window(
+            on32["qps"],
+            phase_s,
+            share=round(on32["requests"] / on32["all_requests"], 3) if on32["all_requests"] else 0.0,
+            note="the concurrency-32 phase after its warm-up",
+        ),
+        bound=bound,
         params={
             "index_vectors": n,
             "dim": model.spec.embed_dim,
             "index_factory": index.manifest.index_factory,
             "model": "clip-tiny (random init checkpoint; the demo's architecture)",
             "k": K,
+            "levels": list(LEVELS),
             "phase_s": phase_s,
+            "warmup_s": 2.0,
             "serve_logging": SERVE_LOGGING,
+            "fastapi_logging": "uvicorn access_log=False, log_level=warning",
             "client": "aiohttp closed loop in the benchmark process, 127.0.0.1",
-            "baseline_torch_threads": threads,
+            "in_process_torch_threads": threads,
+            "fastapi_torch_threads": "torch default",
             "replica_torch_threads": 1,
             "embedder_replicas_for_levels": 1,
-            "batch": {"max_batch_size": 32, "batch_wait_timeout_s": 0.005},
+            "batch": {"max_batch_size": BATCH, "max_concurrent_batches": 2, "batch_wait_timeout_s": 0.0},
+            "data_plane": "Serve's gRPC data plane between deployments (RAYLENS_SERVE_GRPC unset)",
             "autoscaling_config": options["ClipEmbedder"].get("autoscaling_config"),
             "quick": quick,
         },
         extra={
-            "goal_ratio_c32": 0.7,
+            "goal_ratio_c32_vs_in_process": 2.0,
+            "ratio_c32_vs_in_process": round(on32["qps"] / base["qps"], 3) if base["qps"] else None,
+            "ratio_c32_vs_in_process_one_thread": (
+                round(on32["qps"] / base_one_thread["qps"], 3) if base_one_thread["qps"] else None
+            ),
+            "goal_p50_c1_ms": 10.0,
             "levels": levels,
-            "baseline": base,
+            "fastapi_uvicorn": fastapi_extra,
+            "in_process_loop": base,
+            "in_process_loop_one_thread": base_one_thread,
+            "latency_c1": {
+                **latency,
+                "floor_ms": floor_ms,
+                "basis": "the fastest single query's encode + search in process (one torch thread or the default)",
+            },
+            "latency_breakdown_c1": breakdown,
+            "model_costs_one_thread": costs,
             "batching": {
                 "on_c32": on32,
                 "off_c32": off32,
                 "ratio_on_off": round(on32["qps"] / off32["qps"], 3) if off32["qps"] else None,
                 "goal": 1.5,
-                "encode_cost_one_thread": encode,
             },
             "autoscaling": scaling,
+            "serve_deploy_s": round(deploy_s, 1),
             "index_build_s": round(build_s, 1),
             "load_average_before": [round(v, 2) for v in load_before],
             "load_average_after": [round(v, 2) for v in os.getloadavg()],
