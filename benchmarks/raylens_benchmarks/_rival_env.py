@@ -185,7 +185,7 @@ class RivalProcess:
             start_new_session=True,
         )
         self._buf = b""
-        self.ready = self._expect(timeout_s, "to build")
+        self.ready = self._expect(timeout_s, "building")
 
     def _expect(self, timeout_s: float, what: str) -> dict[str, Any]:
         import select
@@ -212,7 +212,7 @@ class RivalProcess:
                 rc = self.proc.wait()
                 self._logf.flush()
                 reason = f"killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
-                raise RivalFailed(f"{reason} {what}: {_tail(self.log.read_text(errors='replace'))}")
+                raise RivalFailed(f"{reason} ({what}): {_tail(self.log.read_text(errors='replace'))}")
             self._buf += chunk
 
     def _send(self, line: str) -> None:

@@ -256,6 +256,18 @@ def _start(live: LiveRival, env: tuple[str, list[str]], script: str, args: list[
         live.failed = f"{type(e).__name__}: {e}"
 
 
+def _autofaiss_progress(workdir: Path) -> str:
+    """What autofaiss had chosen and was doing, from its log (for a build that did not finish)."""
+    try:
+        log = (workdir / "autofaiss_index.log").read_text(errors="replace")
+    except OSError:
+        return ""
+    chosen = re.findall(r"Instanciate the index ([^\s\"]+)", log)
+    steps = re.findall(r"\t-> (.+?) \d\d/\d\d/\d{4}", log)
+    out = f"; it had chosen {chosen[-1]}" if chosen else ""
+    return out + (f" and was at: {steps[-1]}" if steps else "")
+
+
 def _finish(live: LiveRival, truth: np.ndarray, flat_bytes: int, workdir: Path) -> Rival:
     """The rival's result from its build, its sweep and its alternated timed rounds."""
 
@@ -314,7 +326,7 @@ def bench_index(quick: bool, workdir: Path) -> BenchResult:
     af_args = [*_args(files, workdir), "--memory-budget", str(budget)]
     _start(af, AUTOFAISS_ENV, "autofaiss_index.py", af_args, workdir, 300 if quick else 900)
     if af.failed:
-        af.failed = f"build_index under a {budget / 2**20:.0f} MiB (0.25x flat) budget: {af.failed}"
+        af.failed = f"build_index under a {budget / 2**20:.0f} MiB (0.25x flat) budget: {af.failed}{_autofaiss_progress(workdir)}"
 
     # steady state: every side's batched search of all queries, in alternated rounds (load from other
     # processes then hurts none more than the others); each keeps its best round

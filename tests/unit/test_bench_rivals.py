@@ -193,9 +193,9 @@ def test_served_rival_answers_timed_rounds_and_fails_with_its_reason(tmp_path):
     assert [p.time_once(), p.time_once()] == [0.25, 0.25]
     assert p.close() == {"peak_rss_bytes": 123} and p.proc.poll() is not None
 
-    with pytest.raises(RivalFailed, match="did not finish to build within the 1 s timeout"):
+    with pytest.raises(RivalFailed, match="did not finish building within the 1 s timeout"):
         RivalProcess(sys.executable, str(script), ["slow"], workdir=tmp_path, timeout_s=1)
-    with pytest.raises(RivalFailed, match="exited with code 1 to build: hnswlib: illegal instruction"):
+    with pytest.raises(RivalFailed, match=r"exited with code 1 \(building\): hnswlib: illegal instruction"):
         RivalProcess(sys.executable, str(script), ["crash"], workdir=tmp_path, timeout_s=60)
 
 
