@@ -82,11 +82,36 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
         kwargs["runtime_env"] = {"env_vars": env_vars}
         if quiet:  # a local Ray turns token auth on by itself and says so: nothing for the user to do
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ctx = ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port, **kwargs)
+        ctx = _start_local(
+            lambda: ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port, **kwargs)
+        )
     _quiet_progress(quiet)
     if quiet:
         _filter_worker_logs()
     return ctx
+
+
+LOCAL_START_TRIES = 3
+
+
+def _start_local(start):
+    """``start()`` (a local ``ray.init``), tried again when the raylet misses Ray's fixed 30 s start-up
+    window, which a heavily loaded machine can (Ray's own processes start slowly)."""
+    import ray
+
+    for attempt in range(1, LOCAL_START_TRIES + 1):
+        try:
+            return start()
+        except Exception as e:
+            if "timed out during startup" not in str(e):
+                raise
+            ray.shutdown()
+            if attempt == LOCAL_START_TRIES:
+                raise RuntimeError(
+                    f"a local Ray did not start in {LOCAL_START_TRIES} tries of 30 s ({e}); the machine is "
+                    "too loaded: stop other jobs, or start Ray yourself (ray start --head) and pass its address"
+                ) from e
+            logging.getLogger("raylens").warning("Ray's start-up timed out on a loaded machine; trying again")
 
 
 def _free_port() -> int:
