@@ -320,7 +320,7 @@ def _breakdown(url: str, queries: list[str], model_floor_ms: float, n: int) -> d
     from ray import serve
 
     from raylens.search import SearchQuery
-    from raylens_services.embedding import data_plane
+    from raylens.serve.ray_apps import data_plane
 
     session = requests.Session()
     http, took = [], []

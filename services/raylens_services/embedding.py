@@ -24,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from raylens.search import ModelIdentity
 from raylens.serve.batching import AdaptiveBatcher
 from raylens.serve.observe import BATCH_BOUNDARIES, EMBED_BATCH_SIZE, FailureStreak, quiet_client_errors
+from raylens.serve.ray_apps import GRPC_ENV, data_plane  # noqa: F401 (re-exported)
 from raylens_services.retry import call_async, call_sync
 
 __all__ = [
@@ -35,8 +36,6 @@ __all__ = [
     "DEFAULT_WAIT_S",
     "DEFAULT_CONCURRENT",
     "ENCODE_TIMEOUT_S",
-    "GRPC_ENV",
-    "data_plane",
     "app",
 ]
 
@@ -50,23 +49,6 @@ DEFAULT_CONCURRENT = 2
 """Batches in flight at once per batcher (more queue up and leave together when one finishes)."""
 ENCODE_TIMEOUT_S = 60.0
 """Longest the index deployment waits for one encode call (a stuck embedder then fails the batch)."""
-GRPC_ENV = "RAYLENS_SERVE_GRPC"
-"""``0`` sends the search path's calls between deployments as Ray actor calls instead of over Serve's
-gRPC data plane (:func:`data_plane`)."""
-
-
-def data_plane(handle: DeploymentHandle) -> DeploymentHandle:
-    """``handle`` for the calls on the search path (ingress -> index -> embedder): sent straight to
-    the chosen replica's inter-deployment gRPC server, arguments and results by value
-    (``options(_by_reference=False)``, the data plane of Serve's throughput-optimized mode), instead
-    of as Ray actor tasks through the object store. Measured on a loaded 2-core machine at
-    concurrency 32: about a fifth less CPU per search over all the Serve processes and a quarter more
-    searches per second than actor calls. A replica that dies under a call fails it with
-    ``ActorUnavailableError``, which :mod:`raylens_services.retry` retries as before;
-    ``RAYLENS_SERVE_GRPC=0`` keeps Ray actor calls."""
-    if os.environ.get(GRPC_ENV, "1").strip() == "0":
-        return handle
-    return handle.options(_by_reference=False)
 
 
 @serve.deployment(

@@ -8,6 +8,7 @@ same autoscaling settings as ``serve run services/raylens_services/search.yaml``
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,8 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "GRPC_ENV",
+    "data_plane",
     "SEARCH_APP",
     "SEARCH_CONFIG",
     "free_port",
@@ -191,3 +194,22 @@ def replica_counts(app_name: str) -> dict[str, int]:
     if app is None:
         return {}
     return {name: int(d.replica_states.get("RUNNING", 0)) for name, d in app.deployments.items()}
+
+
+GRPC_ENV = "RAYLENS_SERVE_GRPC"
+"""``0`` sends the search path's calls between deployments as Ray actor calls instead of over Serve's
+gRPC data plane (:func:`data_plane`)."""
+
+
+def data_plane(handle):
+    """``handle`` for the calls on the search path (ingress -> index -> embedder): sent straight to
+    the chosen replica's inter-deployment gRPC server, arguments and results by value
+    (``options(_by_reference=False)``, the data plane of Serve's throughput-optimized mode), instead
+    of as Ray actor tasks through the object store. Measured on a loaded 2-core machine at
+    concurrency 32: about a fifth less CPU per search over all the Serve processes and a quarter more
+    searches per second than actor calls. A replica that dies under a call fails it with
+    ``ActorUnavailableError``, which :mod:`raylens_services.retry` retries as before;
+    ``RAYLENS_SERVE_GRPC=0`` keeps Ray actor calls."""
+    if os.environ.get(GRPC_ENV, "1").strip() == "0":
+        return handle
+    return handle.options(_by_reference=False)
