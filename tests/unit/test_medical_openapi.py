@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import collections
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from tests.unit.test_serve_openapi import run_schemathesis  # the same st run, hooks and config
 
 pytestmark = [
     pytest.mark.slow,
@@ -86,29 +86,6 @@ def server(tmp_path_factory):
     yield url, outcomes
     uv.should_exit = True
     thread.join(timeout=30)
-
-
-def run_schemathesis(url: str, key: str, examples: int, *extra: str) -> subprocess.CompletedProcess:
-    """``st run --checks all`` against ``url``'s /openapi.json, with our zip-of-DICOM strategies and config."""
-    cmd = [
-        str(Path(sys.executable).parent / "schemathesis"),
-        "--config-file",
-        str(REPO / "tests" / "schemathesis.toml"),
-        "run",
-        f"{url}/openapi.json",
-        "--checks",
-        "all",
-        "-H",
-        f"x-api-key: {key}",
-        "--max-examples",
-        str(examples),
-        "--workers",
-        "1",
-        "--no-color",
-        *extra,
-    ]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(REPO)}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
 
 
 def test_every_schemathesis_check_passes_on_real_and_hostile_uploads(server):
