@@ -1,15 +1,19 @@
-"""Ray Data glue for DICOM: a reader (one row per series), MONAI normalisation, and CT+MR pairing.
+"""Ray glue for DICOM: a reader (one row per series), MONAI normalisation, and CT+MR pairing.
 
 Only glue lives here; every step calls a plain function of this pack:
 
 1. the driver lists the files (:func:`~.dicom_scan.list_dicom_files`, folders or a DICOMDIR);
-2. ``map_batches`` reads the headers without pixel data, pseudonymising ids on the worker
+2. Ray tasks read the headers without pixel data, pseudonymising ids on the worker
    (:func:`~.dicom_scan.read_header`); unreadable files become report entries;
 3. the driver groups the (small, PHI-free) header records by pseudonymised SeriesInstanceUID;
-4. ``map_batches`` builds one volume per series (:func:`~.ingest.load_series_row`: check, sort by
-   position along the normal, decode, modality LUT, geometry); bad series become report entries;
-5. the dataset is materialised once so the report is complete; the good series rows are returned
-   as a :class:`~raylens.data.result.ReadResult`, the result type of every raylens reader.
+4. Ray tasks build one volume per series (:func:`~.ingest.load_series_row`: check, sort by
+   position along the normal, decode, modality LUT, geometry), one Ray Data block per task (or
+   ``map_batches`` on the caller's ``compute`` strategy); bad series become report entries;
+5. the blocks are the dataset (materialised, so the report is complete); the good series rows are
+   returned as a :class:`~raylens.data.result.ReadResult`, the result type of every raylens reader.
+
+Steps 2 and 4 are plain tasks, not Ray Data jobs: on a pass of a few seconds a Ray Data (2.60) job's
+start-up ramp and per-task scheduling (~0.1-0.2 s a task) cost as much as the work.
 
 Normalisation happens once per volume, either while reading (``read_dicom(transform=...)``) or
 later (:func:`normalize_dataset`, or :func:`fusion_dataset` on raw pairs); rows say which
@@ -101,6 +105,14 @@ def _series_batch(
     return out
 
 
+def _series_block(headers: list[str], config: DicomIngestConfig, transform: VolumeTransformConfig | None):
+    """:func:`_series_batch` over these series' JSON header lists, as one Ray Data block."""
+    from ray.data.block import BlockAccessor
+
+    batch = {"headers": np.asarray(headers, dtype=object)}
+    return BlockAccessor.batch_to_block(_series_batch(batch, config, transform))
+
+
 def _empty_row(h: SliceHeader) -> dict[str, Any]:
     return {
         "volume": np.zeros((1, 1, 1), np.float32),
@@ -161,26 +173,22 @@ def read_dicom(
     if not files:
         return ReadResult(ray.data.from_items([]), source, FixedReport(report), stats={"files": 0, "slices": 0})
 
-    # two blocks per CPU: enough to balance, few enough that per-task overhead stays small
-    n_blocks = max(1, min(len(files) // files_per_task + 1, 2 * _cluster_cpus()))
-    header_ds = _one_operator(
-        ray.data.from_items([{"path": p} for p in files], override_num_blocks=n_blocks).map_batches(
-            _header_batch,
-            fn_kwargs={"config": config},
-            batch_size=files_per_task,
-            num_cpus=num_cpus,
-            batch_format="numpy",
-        )
-    )
+    # The header pass is a gather (the driver groups slices into series), so it runs as plain Ray
+    # tasks: a Ray Data job would add its start-up ramp and per-task scheduling (~0.1-0.2 s each in
+    # Ray 2.60) to a pass that takes seconds. Chunks of ``files_per_task`` files, at most 2 per CPU.
+    n_chunks = max(1, min(-(-len(files) // files_per_task), 2 * _cluster_cpus()))
+    header_task = ray.remote(num_cpus=num_cpus)(_header_batch)
+    chunks = [c for c in np.array_split(np.asarray(files, dtype=object), n_chunks) if len(c)]
     groups: dict[str, list[str]] = {}  # series uid (pseudonymised) -> its JSON header records
     n_slices = 0
-    for rec in header_ds.take_all():
-        if rec["series_uid"]:
-            groups.setdefault(rec["series_uid"], []).append(rec["record"])
-            n_slices += 1
-        else:
-            d = json.loads(rec["record"])
-            report.skipped.append(SkippedRow(d["skip_path"], d["skip_reason"]))
+    for out in ray.get([header_task.remote({"path": c}, config) for c in chunks]):
+        for uid, record in zip(out["series_uid"], out["record"]):
+            if uid:
+                groups.setdefault(uid, []).append(record)
+                n_slices += 1
+            else:
+                d = json.loads(record)
+                report.skipped.append(SkippedRow(d["skip_path"], d["skip_reason"]))
     if not groups:
         stats = {"files": len(files), "slices": 0}
         return ReadResult(ray.data.from_items([]), source, FixedReport(report), stats=stats)
@@ -193,19 +201,28 @@ def read_dicom(
     n_series_blocks = max(1, min(len(items), 2 * _cluster_cpus()))
     if series_per_task is None:
         series_per_task = series_batch_size(len(items), n_series_blocks, normalized=transform is not None)
-    kw: dict[str, Any] = dict(
-        fn_kwargs={"config": config, "transform": transform}, batch_size=series_per_task, batch_format="numpy"
-    )
-    if compute is not None:
-        kw["compute"] = compute
-    ds = _one_operator(
-        ray.data.from_items(items, override_num_blocks=n_series_blocks).map_batches(
-            _series_batch, num_cpus=num_cpus, **kw
-        )
-    ).materialize()
-    # the skip columns straight from the materialised blocks (plain tasks: no second Data job)
+    if compute is not None:  # the caller's actor pool (or task strategy) through Ray Data
+        ds = _one_operator(
+            ray.data.from_items(items, override_num_blocks=n_series_blocks).map_batches(
+                _series_batch,
+                num_cpus=num_cpus,
+                compute=compute,
+                fn_kwargs={"config": config, "transform": transform},
+                batch_size=series_per_task,
+                batch_format="numpy",
+            )
+        ).materialize()
+        refs = ds.to_arrow_refs()
+    else:  # plain Ray tasks, one block each, biggest series first (see the header pass)
+        series_task = ray.remote(num_cpus=num_cpus)(_series_block)
+        refs = [
+            series_task.remote([it["headers"] for it in items[i : i + series_per_task]], config, transform)
+            for i in range(0, len(items), series_per_task)
+        ]
+        ds = ray.data.from_arrow_refs(refs)
+    # the skip columns straight from the blocks (plain tasks: no second Data job)
     skip_rows = ray.remote(num_cpus=0.25)(_skip_rows_impl)
-    status = [r for part in ray.get([skip_rows.remote(ref) for ref in ds.to_arrow_refs()]) for r in part]
+    status = [r for part in ray.get([skip_rows.remote(ref) for ref in refs]) for r in part]
     for path, reason in status:
         if reason:
             report.skipped.append(SkippedRow(path, reason))
