@@ -269,14 +269,14 @@ def plot_ratios(results: list[BenchResult], path: str | Path) -> Path:
         for rv in r.rivals or [Rival(r.baseline_name, r.baseline_value)]:
             if rv.value is None:
                 continue
-            labels.append(f"{r.name} vs {rv.name}")
+            labels.append(_short(f"{r.name} vs {rv.name}"))
             ratios.append(r._better(r.value, rv.value))
             colours.append("tab:green" if ratios[-1] >= 1 else "tab:red")
         if r.fraction_of_bound is not None:
             labels.append(f"{r.name} / bound")
             ratios.append(r.fraction_of_bound)
             colours.append("tab:grey")
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(labels) + 1.2))
+    fig, ax = plt.subplots(figsize=(11, 0.35 * len(labels) + 1.2))
     y = list(range(len(labels)))[::-1]
     ax.barh(y, ratios, color=colours)
     ax.set_yticks(y, labels, fontsize=8)
@@ -290,6 +290,11 @@ def plot_ratios(results: list[BenchResult], path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def _short(label: str, width: int = 70) -> str:
+    """A chart label cut to ``width`` characters (the table keeps the whole rival name)."""
+    return label if len(label) <= width else label[: width - 3].rstrip() + "..."
