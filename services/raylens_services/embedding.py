@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from raylens.search import ModelIdentity
 from raylens.serve.batching import AdaptiveBatcher
 from raylens.serve.observe import BATCH_BOUNDARIES, EMBED_BATCH_SIZE, FailureStreak, quiet_client_errors
-from raylens.serve.ray_apps import GRPC_ENV, data_plane  # noqa: F401 (re-exported)
+from raylens.serve.ray_apps import data_plane
 from raylens_services.retry import call_async, call_sync
 
 __all__ = [

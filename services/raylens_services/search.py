@@ -43,10 +43,10 @@ from raylens.serve.auth import ServeAuth, app_flag, resolve_auth
 from raylens.serve.batching import BATCH_KEYS, AdaptiveBatcher
 from raylens.serve.limits import ServeLimits
 from raylens.serve.observe import LATENCY_BOUNDARIES_MS, MODEL_LATENCY_MS, REQUESTS, SEARCH_LATENCY_MS
-from raylens.serve.ray_apps import serve_http_host
+from raylens.serve.ray_apps import data_plane, serve_http_host
 from raylens.serve.search_api import Observer, create_search_api
 from raylens_services.classify import Classifier
-from raylens_services.embedding import CHECKPOINT_ENV, ClipEmbedder, data_plane
+from raylens_services.embedding import CHECKPOINT_ENV, ClipEmbedder
 from raylens_services.indices import INDEX_ENV, IndexServer, parse_index_spec
 from raylens_services.retry import call_async
 

@@ -145,7 +145,8 @@ def read_dicom(
     Args:
         paths: folders, files or DICOMDIR files.
         config: de-identification key, labels, tolerances (:class:`~.ingest.DicomIngestConfig`).
-        files_per_task: header-reading batch size.
+        files_per_task: the fewest files one header-reading task gets (the files are split into at most
+            2 tasks per CPU, so a big folder gives each task more).
         series_per_task: series built per ``map_batches`` call; by default (None) one raw volume at a time
             (raw volumes can be large) and, with ``transform``, as many as a block holds up to
             :data:`NORMALIZED_SERIES_PER_CALL` (normalised volumes are small, and each call costs a
@@ -175,7 +176,7 @@ def read_dicom(
 
     # The header pass is a gather (the driver groups slices into series), so it runs as plain Ray
     # tasks: a Ray Data job would add its start-up ramp and per-task scheduling (~0.1-0.2 s each in
-    # Ray 2.60) to a pass that takes seconds. Chunks of ``files_per_task`` files, at most 2 per CPU.
+    # Ray 2.60) to a pass that takes seconds. Chunks of at least ``files_per_task`` files, at most 2 per CPU.
     n_chunks = max(1, min(-(-len(files) // files_per_task), 2 * _cluster_cpus()))
     header_task = ray.remote(num_cpus=num_cpus)(_header_batch)
     chunks = [c for c in np.array_split(np.asarray(files, dtype=object), n_chunks) if len(c)]
