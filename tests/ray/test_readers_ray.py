@@ -250,3 +250,23 @@ def test_embedding_decodes_inside_its_tasks_and_still_reports_bad_rows(ray_sessi
         want = model.encode_images(model.preprocess(np.asarray(Image.open(path).convert("RGB")))[None])[0]
         np.testing.assert_allclose(vec, want, atol=1e-5)
         np.testing.assert_array_equal(vec, runs[1][path])
+
+
+def test_a_read_keeps_its_report_after_the_first_read_of_the_session_is_gone(ray_session):
+    """The session's report actor is named; a later read that found it by name must not lose it
+    when the read that created it is garbage-collected (a CI failure: ActorDiedError mid-ingest)."""
+    import gc
+    import time
+
+    import ray
+
+    from raylens.data.ray_reader import IngestReporter
+
+    first = IngestReporter("first")
+    second = IngestReporter("second")
+    del first
+    gc.collect()
+    time.sleep(1.0)  # give Ray time to reap an actor whose creating handle went away
+    ray.get(second.record.remote(["a.png"], [("b.png", "corrupt")]))
+    report = ray.get(second.report.remote())
+    assert (report.n_ok, [s.path for s in report.skipped]) == (1, ["b.png"])

@@ -109,7 +109,7 @@ class IngestReporter:
     ACTOR_NAME = "raylens-ingest-reports"
 
     def __init__(self, source: str):
-        self.actor = IngestReports.options(name=self.ACTOR_NAME, get_if_exists=True).remote()
+        self.actor = _session_actor(self.ACTOR_NAME)
         self.key = uuid.uuid4().hex
         ray.get(self.actor.open.remote(self.key, source))
 
@@ -124,6 +124,21 @@ class IngestReporter:
     @property
     def report(self) -> _Method:
         return _Method(self.actor, "report", self.key)
+
+
+_SESSION_ACTORS: dict[str, ray.actor.ActorHandle] = {}
+
+
+def _session_actor(name: str) -> ray.actor.ActorHandle:
+    """The session's :class:`IngestReports`, its first handle kept for the life of this process's Ray
+    connection. A named actor dies when its creator's handles are gone, even while handles got by
+    name (``get_if_exists``) are in use; so the handle that created it must never be dropped."""
+    key = ray.get_runtime_context().get_worker_id()  # new on every ray.init
+    actor = _SESSION_ACTORS.get(key)
+    if actor is None:
+        _SESSION_ACTORS.clear()  # handles of an earlier, shut-down session
+        actor = _SESSION_ACTORS[key] = IngestReports.options(name=name, get_if_exists=True).remote()
+    return actor
 
 
 class ActorReport:
