@@ -124,14 +124,15 @@ def _single_core_rate(cfg, data: dict[str, np.ndarray], n_classes: int, steps: i
     in memory; process time, so other load on the machine does not lower it."""
     import torch
 
-    from raylens.train.classify_loop import build_classifier, classification_loss, decay_groups
+    from raylens.train.classify_loop import build_classifier, classification_loss
+    from raylens.train.optim import adamw, decay_groups
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
         model = build_classifier(cfg, n_classes).train()
-        opt = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr)
+        opt = adamw(decay_groups(model, cfg.weight_decay), lr=cfg.lr)
         x = torch.from_numpy(data["image"][: cfg.batch_size])
         y = torch.from_numpy(data["label"][: cfg.batch_size])
         times = []

@@ -23,16 +23,15 @@ from raylens.train.classify_loop import (
     ModelEMA,
     autocast_for,
     classification_loss,
-    decay_groups,
     inverse_frequency_weights,
     random_translate,
     register_batch_transform,
     resolve_batch_transform,
     train_classifier,
-    warmup_cosine,
     weighted_resample,
 )
 from raylens.train.context import LocalContext
+from raylens.train.optim import decay_groups, warmup_cosine
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

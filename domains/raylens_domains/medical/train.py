@@ -35,6 +35,7 @@ from raylens.errors import CheckpointError
 from raylens.models import create_model, list_models, load_model, read_checkpoint, save_model
 from raylens.train import checkpointing
 from raylens.train.context import TrainContext
+from raylens.train.optim import adamw
 from raylens.train.result import TrainResult
 
 from .metrics import BinaryMetrics, binary_metrics
@@ -249,7 +250,7 @@ def train_fusion(
         model = create_model(config.model, **config.model_kwargs)
     model = _unwrap(model).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    opt = adamw(params, lr=config.lr, weight_decay=config.weight_decay)
     step, start_epoch, history, final_dir = 0, 0, [], None
     resumed = checkpointing.resume(ctx, model, opt, device=device)
     if resumed is not None:

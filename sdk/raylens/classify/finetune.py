@@ -11,7 +11,6 @@ augmentation, a fixed seed; an optional ``teacher`` turns it into knowledge dist
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from raylens.classify.common import IMAGENET_MEAN, IMAGENET_STD, PixelModel, accuracy, check_labels, check_pixels
+from raylens.train.optim import adamw, decay_groups, warmup_cosine
 
 __all__ = ["FineTuneConfig", "FineTuneResult", "fine_tune", "random_shift"]
 
@@ -86,14 +86,6 @@ def random_shift(x: torch.Tensor, shift: int, generator: torch.Generator) -> tor
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def fine_tune(
     model: torch.nn.Module,
     pixels: torch.Tensor,
@@ -119,13 +111,11 @@ def fine_tune(
     gen = torch.Generator().manual_seed(cfg.seed)
     net = PixelModel(model, cfg.mean, cfg.std)
     teach = PixelModel(teacher, cfg.mean, cfg.std).eval() if teacher is not None else None
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    opt = adamw(decay_groups(model, cfg.weight_decay), lr=cfg.lr)
     steps_per_epoch = max(1, len(x) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     warm = max(1, int(total * cfg.warmup_fraction))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm))
     history: list[dict[str, Any]] = []
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()

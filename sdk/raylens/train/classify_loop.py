@@ -7,8 +7,8 @@ Train (:mod:`raylens.train.ray_classify`). With ``ctx.world_size > 1`` the model
 It resumes, checkpoints (every ``checkpoint_every`` epochs and at the end) and writes its history and
 curves through :mod:`raylens.train.checkpointing`.
 
-The recipe, each piece a small function tested on its own: AdamW with decay groups
-(:func:`decay_groups`), linear warm-up then cosine (:func:`warmup_cosine`), label smoothing or focal
+The recipe, each piece a small function tested on its own: AdamW with decay groups, linear
+warm-up then cosine (:mod:`raylens.train.optim`), label smoothing or focal
 loss (:func:`classification_loss`), gradient clipping, random shifts (:func:`random_translate`; RandAugment
 and random crops run in the reader, ``TrainAugment``), MixUp/CutMix (``raylens.data.mix.MixUpCutMix``),
 autocast (bf16 on a GPU), EMA weights (:class:`ModelEMA`), early stopping on validation top-1
@@ -55,6 +55,7 @@ from raylens.train import checkpointing
 from raylens.train.classify_config import ClassifyTrainConfig
 from raylens.train.classify_eval import ClassifyMetrics, evaluate_classifier
 from raylens.train.context import TrainContext
+from raylens.train.optim import adamw, decay_groups, warmup_cosine
 from raylens.train.result import TrainResult
 
 __all__ = [
@@ -69,8 +70,6 @@ __all__ = [
     "ModelEMA",
     "train_classifier",
     "build_classifier",
-    "decay_groups",
-    "warmup_cosine",
     "classification_loss",
     "load_teacher",
     "inverse_frequency_weights",
@@ -129,37 +128,6 @@ def resolve_batch_transform(
 
 
 # ----------------------------------------------------------------------------------- recipe pieces
-
-
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups: decay on weight matrices and convolution kernels only.
-
-    Biases, norm weights (every parameter of fewer than 2 dimensions), position embeddings and class
-    tokens, and whatever a timm model lists in ``no_weight_decay()``, get no decay.
-    """
-    skip = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        lowered = name.lower()
-        if p.ndim < 2 or name in skip or any(s in lowered for s in ("pos_embed", "position_embedding", "cls_token")):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-
-
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
-    """The learning-rate multiplier at ``step``: linear from ``1/warmup`` to 1, then cosine to ``min_ratio``.
-
-    >>> [round(warmup_cosine(s, 10, 2), 2) for s in range(11)]
-    [0.5, 1.0, 1.0, 0.96, 0.85, 0.69, 0.5, 0.31, 0.15, 0.04, 0.0]
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def classification_loss(
@@ -491,7 +459,7 @@ def train_classifier(
         )
 
     teacher = load_teacher(cfg, classes, device) if cfg.teacher else None
-    opt = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr)
+    opt = adamw(decay_groups(model, cfg.weight_decay), lr=cfg.lr)
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup, cfg.min_lr / cfg.lr))

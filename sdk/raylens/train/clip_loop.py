@@ -25,6 +25,7 @@ from raylens.train.checkpointing import CURVES_PNG, HISTORY_CSV, HISTORY_FILE, T
 from raylens.train.config import ClipTrainConfig
 from raylens.train.context import TrainContext
 from raylens.train.losses import SIGLIP_INIT_BIAS, SIGLIP_INIT_SCALE, make_loss
+from raylens.train.optim import adamw, decay_groups, warmup_cosine
 from raylens.train.result import TrainResult
 
 __all__ = [
@@ -34,8 +35,6 @@ __all__ = [
     "HISTORY_FILE",
     "HISTORY_CSV",
     "CURVES_PNG",
-    "param_groups",
-    "cosine_lr",
     "build_model",
     "autocast_for",
 ]
@@ -43,27 +42,6 @@ __all__ = [
 log = logging.getLogger("raylens.train")
 Evaluator = Callable[[ClipModel], dict[str, Any]]
 EpochBatches = Callable[[int], Iterable[dict[str, np.ndarray]]]
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups as open_clip makes them: no decay on norms, biases, embeddings' scale and logit scale."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-
-
-def cosine_lr(step: int, cfg: ClipTrainConfig) -> float:
-    """Multiplier of the peak lr at ``step``: linear warm-up, then cosine to zero."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _endless(epoch_batches: EpochBatches, start_epoch: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
@@ -164,8 +142,8 @@ def train_clip(
     device = torch.device(ctx.device)
     run = dict(ctx.run) if run is None else run
     clip = build_model(cfg, device)
-    opt = torch.optim.AdamW(param_groups(clip.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg))
+    opt = adamw(decay_groups(clip.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.max_steps, cfg.warmup_steps))
     autocast, scaler = autocast_for(cfg.precision, device)
     step, epoch, history, final_dir = 0, 0, [], None
     resumed = checkpointing.resume(ctx, clip.model, opt, scheduler=sched, scaler=scaler, device=device)
