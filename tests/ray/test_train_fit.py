@@ -90,3 +90,18 @@ def test_shard_epochs_keeps_a_small_shard_in_memory_after_the_first_epoch(ray_se
     streaming = shard_epochs(ds.iterator(), batch_size=8, seed=3, shuffle_buffer=16, cache_max_bytes=64)
     list(streaming(0))
     assert sorted(rows(list(streaming(1)))) == list(range(50))
+
+
+def test_worker_cache_budget_only_for_materialised_data_that_fits(ray_session, monkeypatch):
+    """Only a materialised dataset has the same rows every epoch; a lazy one may re-augment, and a
+    share bigger than WORKER_CACHE_MAX_BYTES per worker keeps streaming."""
+    import ray
+
+    from raylens.train import ray_fit
+
+    lazy = ray.data.range_tensor(64, shape=(3, 8, 8))
+    assert ray_fit.worker_cache_bytes(lazy, 2) == 0
+    held = lazy.materialize()
+    assert ray_fit.worker_cache_bytes(held, 2) == 2 * ray_fit.WORKER_CACHE_MAX_BYTES
+    monkeypatch.setattr(ray_fit, "WORKER_CACHE_MAX_BYTES", held.size_bytes() // 4)
+    assert ray_fit.worker_cache_bytes(held, 2) == 0

@@ -33,13 +33,12 @@ from raylens.train.classify_config import ClassifyTrainConfig
 from raylens.train.classify_eval import ClassifyMetrics, evaluate_classifier
 from raylens.train.classify_loop import build_classifier, load_teacher, resolve_batch_transform, train_classifier
 from raylens.train.options import RayTrainOptions
-from raylens.train.ray_fit import RayContext, fit
+from raylens.train.ray_fit import RayContext, fit, worker_cache_bytes
 from raylens.train.result import TrainResult
 
 __all__ = [
     "CLASSIFY_SHUFFLE_BUFFER",
     "MATERIALIZE_MAX_BYTES",
-    "WORKER_CACHE_MAX_BYTES",
     "ClassifyJob",
     "ClassifyJobResult",
     "classify_worker_loop",
@@ -53,9 +52,6 @@ CLASSIFY_SHUFFLE_BUFFER = 2048
 MATERIALIZE_MAX_BYTES = 2 << 30
 """Training data without per-image augmentation is kept in Ray's object store when its decoded images
 take less than this (2 GiB), so only the first epoch decodes."""
-WORKER_CACHE_MAX_BYTES = 1 << 30
-"""Such data also stays in each worker's memory after the first epoch, up to this size per worker, so
-later epochs skip Ray Data's per-epoch start-up (see ``RayContext.epoch_batches``)."""
 
 
 def print_epoch(cfg: ClassifyTrainConfig):
@@ -147,9 +143,7 @@ def fit_classifier(
         "has_val": val_ds is not None,
         "steps_per_epoch": max(1, steps),
         # rows without per-epoch augmentation stay in each worker's memory after the first epoch
-        "cache_bytes": 2 * WORKER_CACHE_MAX_BYTES
-        if same_every_epoch and decoded_bytes / opts.num_workers <= WORKER_CACHE_MAX_BYTES
-        else 0,
+        "cache_bytes": worker_cache_bytes(train_ds, opts.num_workers),
         "class_counts": class_counts,
         "extra": dict(extra or {}),
         "progress": progress,

@@ -14,7 +14,7 @@ import ray
 from raylens.train.clip_loop import TrainResult, train_clip
 from raylens.train.config import ClipTrainConfig
 from raylens.train.options import RayTrainOptions
-from raylens.train.ray_fit import RayContext, fit
+from raylens.train.ray_fit import RayContext, fit, worker_cache_bytes
 
 __all__ = ["RayContext", "RayTrainOptions", "fit_clip", "clip_worker_loop", "CLIP_SHUFFLE_BUFFER"]
 
@@ -55,7 +55,12 @@ def clip_worker_loop(config: dict[str, Any], ctx: RayContext) -> None:
     """The per-worker loop :func:`fit_clip` gives :func:`~raylens.train.ray_fit.fit`: shards -> batches -> train_clip."""
     cfg = ClipTrainConfig.from_dict(config["train"])
     batches = ctx.epoch_batches(
-        "train", batch_size=cfg.batch_size, seed=cfg.seed * 1000, drop_last=True, shuffle_buffer=CLIP_SHUFFLE_BUFFER
+        "train",
+        batch_size=cfg.batch_size,
+        seed=cfg.seed * 1000,
+        drop_last=True,
+        shuffle_buffer=CLIP_SHUFFLE_BUFFER,
+        cache_max_bytes=config.get("cache_bytes", 0),
     )
     evaluator = _evaluator(cfg, ctx) if config["has_eval"] and ctx.rank == 0 else None
     train_clip(cfg, batches, ctx, on_step=_progress(cfg), evaluator=evaluator, run=ctx.run)
@@ -69,6 +74,9 @@ def fit_clip(
 ) -> TrainResult:
     """Train CLIP on ``train_ds`` (rows with ``image`` and ``caption``) with Ray Train.
 
+    A materialised ``train_ds`` (``ds.materialize()``: its rows, augmentation included, are then the
+    same every epoch) that fits (:data:`~raylens.train.ray_fit.WORKER_CACHE_MAX_BYTES` per worker)
+    is read through Ray Data once; later epochs are permutations of each worker's rows in memory.
     ``eval_ds`` (rows with ``image``, ``caption`` and, for zero-shot accuracy with
     ``cfg.zeroshot_classes``, ``label``) is evaluated on rank 0 every ``cfg.eval_every`` steps and at
     the end. Re-running with the same ``opts.name`` and ``opts.storage_path`` resumes from the latest
@@ -77,5 +85,12 @@ def fit_clip(
     """
     if not isinstance(cfg, ClipTrainConfig):
         raise TypeError(f"`cfg` must be a ClipTrainConfig, got {type(cfg).__name__}")
+    opts = opts or RayTrainOptions()
     datasets = {"train": train_ds} if eval_ds is None else {"train": train_ds, "eval": eval_ds}
-    return fit(clip_worker_loop, {"train": cfg.to_dict(), "has_eval": eval_ds is not None}, datasets, opts)
+    loop_config = {
+        "train": cfg.to_dict(),
+        "has_eval": eval_ds is not None,
+        # a materialised train_ds (the same rows every epoch) stays in each worker's memory after epoch 1
+        "cache_bytes": worker_cache_bytes(train_ds, opts.num_workers),
+    }
+    return fit(clip_worker_loop, loop_config, datasets, opts)

@@ -36,7 +36,19 @@ from raylens.train.checkpointing import read_history
 from raylens.train.options import RayTrainOptions
 from raylens.train.result import TrainResult
 
-__all__ = ["RayContext", "CheckpointCache", "fit", "is_local_filesystem", "shard_epochs"]
+__all__ = [
+    "RayContext",
+    "CheckpointCache",
+    "WORKER_CACHE_MAX_BYTES",
+    "fit",
+    "is_local_filesystem",
+    "shard_epochs",
+    "worker_cache_bytes",
+]
+
+WORKER_CACHE_MAX_BYTES = 1 << 30
+"""A materialised training set stays in each worker's memory after the first epoch when its share is
+at most this (1 GiB), so later epochs skip Ray Data's per-epoch start-up (:func:`shard_epochs`)."""
 
 log = logging.getLogger("raylens.train")
 
@@ -151,6 +163,18 @@ def shard_epochs(
         return from_memory(epoch) if cache else stream(epoch)
 
     return batches
+
+
+def worker_cache_bytes(train_ds: ray.data.Dataset, num_workers: int) -> int:
+    """``cache_max_bytes`` for :func:`shard_epochs` on each worker: a budget (twice
+    :data:`WORKER_CACHE_MAX_BYTES`, as shards can be uneven) when ``train_ds`` is materialised (its rows
+    are the same every epoch) and each worker's share is at most :data:`WORKER_CACHE_MAX_BYTES`; else 0.
+    Every worker gets the same answer, as ``streaming_split`` needs."""
+    from ray.data.dataset import MaterializedDataset
+
+    if not isinstance(train_ds, MaterializedDataset):
+        return 0
+    return 2 * WORKER_CACHE_MAX_BYTES if train_ds.size_bytes() / max(1, num_workers) <= WORKER_CACHE_MAX_BYTES else 0
 
 
 class RayContext:
