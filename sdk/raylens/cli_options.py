@@ -70,7 +70,7 @@ RAY_TRAIN_FLAGS = {
     "num_to_keep": "--keep",
 }
 """The short flags users know for :class:`~raylens.train.options.RayTrainOptions` fields."""
-RAY_TRAIN_HIDDEN = ("shuffle_buffer", "log_level", "eval_max_rows")
+RAY_TRAIN_HIDDEN = ("shuffle_buffer", "log_level", "eval_max_rows", "worker_niceness")
 """RayTrainOptions fields left off the command line (tuning knobs; settable in ``--config``)."""
 
 

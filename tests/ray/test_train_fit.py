@@ -105,3 +105,30 @@ def test_worker_cache_budget_only_for_materialised_data_that_fits(ray_session, m
     assert ray_fit.worker_cache_bytes(held, 2) == 2 * ray_fit.WORKER_CACHE_MAX_BYTES
     monkeypatch.setattr(ray_fit, "WORKER_CACHE_MAX_BYTES", held.size_bytes() // 4)
     assert ray_fit.worker_cache_bytes(held, 2) == 0
+
+
+def _write_niceness(config, ctx):
+    """A training loop that records its worker process's niceness and rank."""
+    import os
+    from pathlib import Path
+
+    Path(config["out"], f"rank{ctx.rank}").write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))
+
+
+@pytest.mark.parametrize("niceness", [0, 15])
+def test_training_workers_run_at_the_niceness_asked_for(ray_session, tmp_path, niceness):
+    """Ray starts task and actor processes at niceness 15 unless told otherwise; training workers get
+    ``worker_niceness`` (0 by default, as Ray's own processes), each of them."""
+    import sys
+
+    from ray import cloudpickle
+
+    from raylens.train import RayTrainOptions
+    from raylens.train.ray_fit import fit
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the loop travels with the test
+    asked = {} if niceness == 0 else {"worker_niceness": niceness}  # 0 is the default
+    opts = RayTrainOptions(num_workers=2, cpus_per_worker=0.5, storage_path=str(tmp_path / "runs"), **asked)
+    fit(_write_niceness, {"out": str(tmp_path)}, {}, opts, split=())
+    assert sorted(p.name for p in tmp_path.glob("rank*")) == ["rank0", "rank1"]
+    assert {int(p.read_text()) for p in tmp_path.glob("rank*")} == {niceness}

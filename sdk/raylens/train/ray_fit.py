@@ -335,6 +335,8 @@ def fit(
             failure_config=FailureConfig(max_failures=run["max_failures"]),
             checkpoint_config=CheckpointConfig(num_to_keep=opts.num_to_keep),
             logging_config=LoggingConfig(log_level=opts.log_level),
+            # the workers' priority is set when Ray starts their processes (see the option)
+            worker_runtime_env={"env_vars": {"RAY_worker_niceness": str(opts.worker_niceness)}},
         ),
         datasets=dict(datasets),
         dataset_config=DataConfig(datasets_to_split=list(split)),
