@@ -103,7 +103,7 @@ def fit_nerf(
     plan = plan_capture(data, downscale=data_opts.downscale, normalize=data_opts.normalize, split="train")
     read = read_capture(data, downscale=data_opts.downscale, normalize=data_opts.normalize, split="train")
     info = read.capture
-    first = read.dataset.take(1)
+    first = list(read.dataset.limit(1).iter_rows())  # not take(): Ray Data logs a tip about it at INFO
     if not first:
         raise ValueError(f"{data}: every training frame was skipped ({read.report().summary()})")
     camera = Frame.from_row(first[0]).intrinsics
