@@ -164,6 +164,7 @@ def read_dicom(
         ``stats`` counts the ``files`` listed and the ``slices`` of readable headers.
     """
     import ray
+    from ray.data.expressions import col
 
     config = config or DicomIngestConfig()
     if files_per_task < 1 or (series_per_task is not None and series_per_task < 1):
@@ -228,7 +229,7 @@ def read_dicom(
         if reason:
             report.skipped.append(SkippedRow(path, reason))
     report.n_ok = sum(1 for _, reason in status if not reason)
-    good = ds.filter(expr="skip_reason == ''").drop_columns(list(_SKIP))
+    good = ds.filter(expr=col("skip_reason") == "").drop_columns(list(_SKIP))
     log.info(report.summary())
     return ReadResult(good, source, FixedReport(report), stats={"files": len(files), "slices": n_slices})
 

@@ -175,22 +175,22 @@ def read_labelled_images(
     decode = {"preprocess": preprocess, "reporter": reporter}
     if layout is not None and layout.bytes_column is not None:
         files = [str(f) for f in parquet_files(Path(layout.path))]
-        ds = ray.data.read_parquet(
-            files,
-            columns=[layout.bytes_column, layout.label_column, layout.path_column],
-            override_num_blocks=blocks_for(n, batch_size),
-        ).map_batches(
-            _select_table_rows,
-            batch_format="numpy",
-            fn_kwargs={
-                "classes": names,
-                "label_column": layout.label_column,
-                "path_column": layout.path_column,
-                "bytes_column": layout.bytes_column,
-                "part": part,
-                "val_fraction": val_fraction,
-                "seed": seed,
-            },
+        ds = (
+            ray.data.read_parquet(files, override_num_blocks=blocks_for(n, batch_size))
+            .select_columns([layout.bytes_column, layout.label_column, layout.path_column])  # read only these
+            .map_batches(
+                _select_table_rows,
+                batch_format="numpy",
+                fn_kwargs={
+                    "classes": names,
+                    "label_column": layout.label_column,
+                    "path_column": layout.path_column,
+                    "bytes_column": layout.bytes_column,
+                    "part": part,
+                    "val_fraction": val_fraction,
+                    "seed": seed,
+                },
+            )
         )
     else:
         # listings come class by class: shuffle (seeded) so every worker's shard holds every class
