@@ -114,6 +114,7 @@ def in_validation(key: str, fraction: float) -> bool:
 def run_fusion_job(job: FusionJob, cfg: FusionTrainConfig, opts: RayTrainOptions, console=None) -> TrainResult:
     """Read, pair, preprocess, split and train as ``job`` says; prints progress and writes the pictures."""
     import numpy as np
+    from ray.data.expressions import col
     from rich.console import Console
 
     from raylens.runtime import init_ray
@@ -149,10 +150,10 @@ def run_fusion_job(job: FusionJob, cfg: FusionTrainConfig, opts: RayTrainOptions
     console.print(f"[green]ingest[/green] {report.summary()}")
     transform = VolumeTransformConfig(target_spacing=(job.spacing,) * 3, spatial_size=(job.size,) * 3)
     rows = fusion_dataset(pair_dataset(ingest.dataset, by=job.pair_by), transform)
-    rows = rows.filter(lambda r: r["label"] >= 0).materialize()
-    fraction = job.val_fraction
-    train_ds = rows.filter(lambda r: not in_validation(r["key"], fraction)).materialize()
-    val_ds = rows.filter(lambda r: in_validation(r["key"], fraction)).materialize()
+    rows = rows.filter(expr=col("label") >= 0).materialize()
+    held_out = [k for k in rows.unique("key") if in_validation(k, job.val_fraction)]  # by a stable hash of the key
+    train_ds = rows.filter(expr=~col("key").is_in(held_out)).materialize()
+    val_ds = rows.filter(expr=col("key").is_in(held_out)).materialize()
     n_train, n_val = train_ds.count(), val_ds.count()
     if n_train < 2 * opts.num_workers or n_val == 0:
         raise ValueError(
