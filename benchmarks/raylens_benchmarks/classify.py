@@ -12,8 +12,9 @@ digits at 32x32, normalised, in memory), on all the machine's CPUs in both runs:
   (``iter_batches`` of a streaming split).
 
 Throughput is the median ``images_per_s`` of the epochs after the first (start-up and warm-up excluded
-alike); the two sides run in alternated rounds (2, or 1 with ``--quick``) and each keeps its best. The physical bound is the number of cores times one core's rate on the same step with the
-data already in memory (measured here, before and after the two runs: one thread, no loader, the
+alike); the two sides run in alternated rounds (2, or 1 with ``--quick``) and each keeps its best. The
+physical bound is the number of cores times one core's rate on the same step with the data already in
+memory (measured here, before and after the two runs: one thread, no loader, the
 better of the two); a figure above it is a bug, or a sign that the machine's load moved between the
 measurements (``extra`` gives the load averages).
 
@@ -58,6 +59,7 @@ def _steady(history: list[dict[str, Any]]) -> float:
 
 
 def _dataloader_baseline(cfg, data: dict[str, np.ndarray], classes: list[str], threads: int, workdir: Path) -> dict:
+    import ray
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -65,8 +67,6 @@ def _dataloader_baseline(cfg, data: dict[str, np.ndarray], classes: list[str], t
     from raylens.train.classify_loop import train_classifier
 
     ds = TensorDataset(torch.from_numpy(data["image"]), torch.from_numpy(data["label"]))
-    import ray
-
     loader = DataLoader(
         ds,
         batch_size=cfg.batch_size,
@@ -169,6 +169,7 @@ def bench_classify(quick: bool, workdir: Path) -> BenchResult:
 
     from raylens.classify.compress import CompressConfig, compress_classifier
     from raylens.runtime import init_ray
+    from raylens.train import RayTrainOptions
     from raylens.train.classify_config import ClassifyTrainConfig
 
     epochs, repeat = (3, 1) if quick else (5, 2)
@@ -246,7 +247,7 @@ def bench_classify(quick: bool, workdir: Path) -> BenchResult:
             "batch_size_per_worker": cfg.batch_size,
             "ray_workers": workers,
             "cpus_per_worker": cpus,
-            "ray_worker_niceness": 0,
+            "ray_worker_niceness": RayTrainOptions().worker_niceness,
             "baseline_torch_threads": threads,
             "inference_threads": 1,
         },

@@ -68,7 +68,7 @@ class RayTrainOptions:
     """The training workers' scheduling niceness (``RAY_worker_niceness``). Ray starts task and actor
     processes at 15, below its own processes; a training worker that any of them pre-empts stalls
     every other worker at the next all-reduce. 0 (default) runs the workers at the priority Ray's
-    own processes have (measured on 2 cores: 7-8% more images/s for 2 DDP workers); 15 is Ray's
+    own processes have (2 DDP workers on 2 cores, paired runs: 7-40% more images/s); 15 is Ray's
     default; 0-19 (raising it needs no privilege, lowering below the raylet's does)."""
 
     def __post_init__(self):
