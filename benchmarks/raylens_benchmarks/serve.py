@@ -311,6 +311,15 @@ def _median_ms(call, n: int) -> float:
     return round(_percentile(lat, 50) * 1000, 2)
 
 
+def _front() -> str:
+    """The HTTP path into the ingress replica that :func:`raylens.serve.ray_apps.start_http` set up."""
+    from raylens.serve.ray_apps import controller_env
+
+    if controller_env():
+        return "HAProxy + the ingress replica's own HTTP server (Serve's direct ingress)"
+    return "Serve's Python HTTP proxy + its hop to the ingress (RAYLENS_SERVE_HAPROXY=0)"
+
+
 def _breakdown(url: str, queries: list[str], model_floor_ms: float, n: int) -> dict[str, Any]:
     """Where one request's time goes at concurrency 1: the median of the whole HTTP request, of the
     time inside the ingress (its ``took_ms``), of one search sent straight to the index deployment,
@@ -344,8 +353,8 @@ def _breakdown(url: str, queries: list[str], model_floor_ms: float, n: int) -> d
     return {
         "medians_ms": m,
         "layers_ms": {
-            "client + Serve's HTTP proxy + the hop to the ingress": round(m["http_request"] - m["inside_ingress"], 2),
-            "ingress (body fetched from the proxy, FastAPI route, parse, batcher, JSON reply) beyond its index call": round(
+            f"client + {_front()}": round(m["http_request"] - m["inside_ingress"], 2),
+            "ingress (FastAPI route, parse, batcher, JSON reply) beyond its index call": round(
                 m["inside_ingress"] - m["index_search_call"], 2
             ),
             "index (its hop, the hop to the embedder, the search) beyond the encode call": round(
@@ -443,7 +452,7 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
     from raylens.index.synthetic import clustered_vectors
     from raylens.models import create_model
     from raylens.runtime import init_ray
-    from raylens.serve.ray_apps import config_options, load_config, start_http
+    from raylens.serve.ray_apps import config_options, controller_env, load_config, start_http
 
     load_before = os.getloadavg()
     n = 20_000 if quick else 100_000
@@ -593,6 +602,8 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
             "embedder_replicas_for_levels": 1,
             "batch": {"max_batch_size": BATCH, "max_concurrent_batches": 2, "batch_wait_timeout_s": 0.0},
             "data_plane": "Serve's gRPC data plane between deployments (RAYLENS_SERVE_GRPC unset)",
+            "http_front": _front(),
+            "serve_controller_env": {k: v for k, v in controller_env().items() if not k.endswith("_PORT")},
             "autoscaling_config": options["ClipEmbedder"].get("autoscaling_config"),
             "quick": quick,
         },
