@@ -53,6 +53,6 @@ def serve_port(ray_session):
     from raylens.serve.ray_apps import start_http
 
     serve.shutdown()  # a module that failed half-way may have left one behind
-    port = start_http("127.0.0.1")
+    port = start_http("127.0.0.1", drain_s=1.0)  # no test sends to an ingress while it stops
     yield port
     serve.shutdown()

