@@ -313,9 +313,9 @@ def _median_ms(call, n: int) -> float:
 
 def _front() -> str:
     """The HTTP path into the ingress replica that :func:`raylens.serve.ray_apps.start_http` set up."""
-    from raylens.serve.ray_apps import controller_env
+    from raylens.serve.ray_apps import fast_ingress_enabled
 
-    if controller_env():
+    if fast_ingress_enabled():
         return "HAProxy + the ingress replica's own HTTP server (Serve's direct ingress)"
     return "Serve's Python HTTP proxy + its hop to the ingress (RAYLENS_SERVE_HAPROXY=0)"
 
@@ -452,7 +452,7 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
     from raylens.index.synthetic import clustered_vectors
     from raylens.models import create_model
     from raylens.runtime import init_ray
-    from raylens.serve.ray_apps import config_options, controller_env, load_config, start_http
+    from raylens.serve.ray_apps import FAST_INGRESS_ENV, config_options, fast_ingress_enabled, load_config, start_http
 
     load_before = os.getloadavg()
     n = 20_000 if quick else 100_000
@@ -603,7 +603,7 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
             "batch": {"max_batch_size": BATCH, "max_concurrent_batches": 2, "batch_wait_timeout_s": 0.0},
             "data_plane": "Serve's gRPC data plane between deployments (RAYLENS_SERVE_GRPC unset)",
             "http_front": _front(),
-            "serve_controller_env": {k: v for k, v in controller_env().items() if not k.endswith("_PORT")},
+            "serve_controller_env": FAST_INGRESS_ENV if fast_ingress_enabled() else {},
             "autoscaling_config": options["ClipEmbedder"].get("autoscaling_config"),
             "quick": quick,
         },

@@ -74,7 +74,7 @@ def test_the_config_starts_serve_on_haproxy_where_the_binary_is_and_on_its_proxy
     ports = [int(v) for k, v in started.items() if k.endswith("_PORT")]
     assert len(ports) == 3 and len(set(ports)) == 3 and all(1024 <= p <= 65535 for p in ports)
     monkeypatch.setenv(HAPROXY_ENV, "0")
-    assert controller_env() == {}
+    assert controller_env() == {} and not set(FAST_INGRESS_ENV) & set(env(resolve_config(cfg)))
     monkeypatch.delenv(HAPROXY_ENV)
     monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")
     assert not haproxy_available() and controller_env() == {}

@@ -43,11 +43,11 @@ def resolve_config(
 ) -> dict[str, Any]:
     """A copy of ``cfg`` ready to deploy from anywhere: overrides applied, every path in the app's
     ``args`` (indices, data roots, checkpoint, classifier checkpoints, the API key file) made absolute
-    against ``base_dir``. ``haproxy`` False (default: whether this machine has an HAProxy binary,
-    :func:`raylens.serve.ray_apps.haproxy_available`) drops the controller's fast-ingress settings
-    (:data:`raylens.serve.ray_apps.FAST_INGRESS_ENV`), so Serve starts its Python proxy instead of
-    failing to find HAProxy."""
-    from raylens.serve.ray_apps import FAST_INGRESS_ENV, haproxy_available
+    against ``base_dir``. ``haproxy`` False (default: :func:`raylens.serve.ray_apps.fast_ingress_enabled`,
+    False without an HAProxy binary or with ``RAYLENS_SERVE_HAPROXY=0``) drops the controller's
+    fast-ingress settings (:data:`raylens.serve.ray_apps.FAST_INGRESS_ENV`), so Serve starts its Python
+    proxy instead of failing to find HAProxy."""
+    from raylens.serve.ray_apps import FAST_INGRESS_ENV, fast_ingress_enabled
 
     if port is not None and not 1 <= int(port) <= 65535:
         raise ValueError(f"port must be in 1..65535, got {port}")
@@ -60,7 +60,7 @@ def resolve_config(
         http["port"] = int(port)
     out["http_options"] = http
     env = ((out.get("controller_options") or {}).get("runtime_env") or {}).get("env_vars")
-    if env and not (haproxy_available() if haproxy is None else haproxy):
+    if env and not (fast_ingress_enabled() if haproxy is None else haproxy):
         for name in FAST_INGRESS_ENV:
             env.pop(name, None)
     app = search_app(out, app_name)
