@@ -239,7 +239,7 @@ def search_service(
     from raylens.index import VectorIndex
     from raylens.index.synthetic import clustered_vectors
     from raylens.models import create_model
-    from raylens.serve.ray_apps import config_options, load_config, run_app, wait_ready
+    from raylens.serve.ray_apps import config_args, config_options, load_config, run_app, wait_ready
 
     ckpt = workdir / "clip-tiny"
     if not (workdir / "index").exists():
@@ -253,7 +253,8 @@ def search_service(
             checkpoint_hash=model.checkpoint_hash,
             checkpoint=str(ckpt),
         ).save(workdir / "index")
-    options = config_options(load_config())
+    config = load_config()
+    options = config_options(config)
     fixed = {}
     for name in ("SearchIngress", "ClipEmbedder", "IndexServer"):
         o = {k: v for k, v in options[name].items() if k != "autoscaling_config"}
@@ -265,7 +266,12 @@ def search_service(
             o["ray_actor_options"] = actor
         fixed[name] = o
     key = "reliability-key-0123456789"
-    args = {"indices": {"bench": str(workdir / "index")}, "options": fixed, "api_key": key}
+    args = {
+        "indices": {"bench": str(workdir / "index")},
+        "options": fixed,
+        "api_key": key,
+        "query_encoder": config_args(config).get("query_encoder", "index"),
+    }
     logging_config = {"encoding": "JSON", "log_level": "WARNING", "enable_access_log": False}
     run_app(args=args, name=app, logging_config=logging_config)
     url = f"http://127.0.0.1:{port}"

@@ -2,17 +2,18 @@
 under load while replicas die, and under a constant load for minutes.
 
 **reliability-serve-kill** (the README's "a Serve replica killed under load (c=32)"): the search
-service on 127.0.0.1 with 2 embedder and 2 index replicas (a random-init ``clip-tiny`` checkpoint;
-an index of clustered vectors), 32 clients in a closed loop of ``POST /search`` (text, k=10) for
-90 s. At 15 s one embedder replica's process is killed (SIGKILL), at 55 s one index replica's (the
-embedder's replacement may still be starting then). Each kill's recovery window holds the requests
+service on 127.0.0.1 as ``services/raylens_services/search.yaml`` configures it (the index replicas
+encode the queries themselves, ``query_encoder: index``), with 2 index replicas (a random-init
+``clip-tiny`` checkpoint; an index of clustered vectors), 32 clients in a closed loop of
+``POST /search`` (text, k=10) for 90 s. At 15 s one index replica's process is killed (SIGKILL), at
+55 s one again (the first one's replacement, or the other). Each kill's recovery window holds the requests
 in flight at the kill and those sent after it until the replacement replica is running (+2 s).
 Figures: failed searches (any status but 200, or no answer) over the whole run and in each window
 (``failed_in_windows`` sums the windows: when they overlap, a request in both counts twice), p50/p99
 latency in the windows, and a per-second timeline. The same run is made twice: with the service's
 retries (``RAYLENS_SERVE_RETRIES``, default 2: a call whose replica died is sent again to a live
 one) and with them off (``RAYLENS_SERVE_RETRIES=0``, the service before the fix). Goal: 0 failed
-searches, p99 < 2 s in the recovery windows. ``--quick``: the embedder kill only, with retries only,
+searches, p99 < 2 s in the recovery windows. ``--quick``: the first kill only, with retries only,
 24 s of load (the window ends with the load if the replacement is not running by then).
 
 **reliability-soak**: the same service (1 replica each, the config's defaults otherwise) at a
@@ -45,7 +46,9 @@ from raylens_benchmarks.reliability_common import (
 
 APP = "raylens-reliability"
 CONCURRENCY = 32
-REPLICAS = {"SearchIngress": 1, "ClipEmbedder": 2, "IndexServer": 2}
+REPLICAS = {"SearchIngress": 1, "ClipEmbedder": 1, "IndexServer": 2}
+KILLS = [(15.0, "IndexServer"), (55.0, "IndexServer")]
+"""(seconds into the load, deployment): the replicas killed, all on the search path."""
 RECOVERY_TAIL_S = 2.0
 
 
@@ -129,7 +132,7 @@ def _kill_run(
 @register_benchmark(
     "reliability-serve-kill",
     suite="reliability",
-    doc="Search at concurrency 32 while an embedder and an index replica are killed: failed searches, p99 "
+    doc="Search at concurrency 32 while index replicas (which encode the queries) are killed: failed searches, p99 "
     "in the recovery windows, with the service's retries against without.",
 )
 def bench_reliability_serve_kill(quick: bool, workdir: Path) -> BenchResult:
@@ -142,9 +145,9 @@ def bench_reliability_serve_kill(quick: bool, workdir: Path) -> BenchResult:
     init_ray()
     port = start_http("127.0.0.1")
     if quick:
-        kills, seconds = [(6.0, "ClipEmbedder")], 24.0
+        kills, seconds = [(6.0, KILLS[0][1])], 24.0
     else:
-        kills, seconds = [(15.0, "ClipEmbedder"), (55.0, "IndexServer")], 90.0
+        kills, seconds = KILLS, 90.0
     try:
         fixed = _kill_run(workdir, port, 2, kills, seconds, wait_recovery=not quick)
         before = None if quick else _kill_run(workdir, port, 0, kills, seconds)

@@ -12,8 +12,9 @@ One run on this machine, on 127.0.0.1 (``--quick``: a 20k index and shorter phas
   server in one process doing the same per request (:mod:`raylens_benchmarks._serve_rival`), loaded
   over real HTTP like ours. The baseline is the strongest of them;
 - the load: a bounded closed loop of ``POST /search`` (``k=10``) at concurrency 1, 8 and 32 from an
-  aiohttp client in this process, for the search service (the embedder at 1 replica) and for the
-  FastAPI server: QPS, p50 and p99 per level, with the load average. The primary value is our QPS at
+  aiohttp client in this process, for the search service (as ``services/raylens_services/search.yaml``
+  configures it: the index replica encodes the queries itself, ``query_encoder: index``; every
+  deployment at 1 replica) and for the FastAPI server: QPS, p50 and p99 per level, with the load average. The primary value is our QPS at
   32 (goal: at least 2x the in-process loop); the goal at concurrency 1 is a p50 of at most 10 ms.
   Other jobs may share the machine, so every system is measured in 2 rounds (``--quick``: 1), each
   system in turn with all of them up, and each figure is its system's best round (every round is in
@@ -25,8 +26,9 @@ One run on this machine, on 127.0.0.1 (``--quick``: a 20k index and shorter phas
   of each layer, peeled off with calls that skip the layers above it;
 - adaptive batching off (``max_batch_size=1``) against on at concurrency 32, with the model's own
   encode cost per text alone and in batches of 32 (the most batching can save);
-- autoscaling: the embedder with the ``autoscaling_config`` of ``services/raylens_services/search.yaml`` under
-  concurrency 32, then idle: running replicas sampled every second go into ``extra``.
+- autoscaling: the deployment that encodes the queries (the index, or the embedder with
+  ``query_encoder: embedder``) with the config's ``autoscaling_config`` under concurrency 32, then
+  idle: its running replicas sampled every second go into ``extra``.
 
 Per-request log lines are off while measuring, for Serve's proxy and replicas and for uvicorn alike.
 """
@@ -320,11 +322,12 @@ def _front() -> str:
     return "Serve's Python HTTP proxy + its hop to the ingress (RAYLENS_SERVE_HAPROXY=0)"
 
 
-def _breakdown(url: str, queries: list[str], model_floor_ms: float, n: int) -> dict[str, Any]:
+def _breakdown(url: str, queries: list[str], model_floor_ms: float, n: int, query_encoder: str) -> dict[str, Any]:
     """Where one request's time goes at concurrency 1: the median of the whole HTTP request, of the
     time inside the ingress (its ``took_ms``), of one search sent straight to the index deployment,
     of one encode sent straight to the embedder and of a call that does nothing there (a bare hop),
-    each from this process, one at a time. The layers are the differences of those medians."""
+    each from this process, one at a time. The layers are the differences of those medians; with
+    ``query_encoder`` ``index`` the encode is inside the index call, not a call of its own."""
     import requests
     from ray import serve
 
@@ -350,19 +353,26 @@ def _breakdown(url: str, queries: list[str], model_floor_ms: float, n: int) -> d
         "embedder_encode_call": _median_ms(lambda: embedder.embed_texts.remote([queries[1]]).result(), n),
         "bare_hop": _median_ms(lambda: embedder.info.remote().result(), n),
     }
+    layers = {
+        f"client + {_front()}": round(m["http_request"] - m["inside_ingress"], 2),
+        "ingress (FastAPI route, parse, batcher, JSON reply) beyond its index call": round(
+            m["inside_ingress"] - m["index_search_call"], 2
+        ),
+    }
+    if query_encoder == "index":
+        layers["index: the encode and the search in the replica beyond a bare hop"] = round(
+            m["index_search_call"] - m["bare_hop"], 2
+        )
+    else:
+        layers["index (its hop, the hop to the embedder, the search) beyond the encode call"] = round(
+            m["index_search_call"] - m["embedder_encode_call"], 2
+        )
+        layers["embedder: the encode beyond a bare hop"] = round(m["embedder_encode_call"] - m["bare_hop"], 2)
+    layers["a bare hop (a call that does nothing, there and back)"] = m["bare_hop"]
     return {
         "medians_ms": m,
-        "layers_ms": {
-            f"client + {_front()}": round(m["http_request"] - m["inside_ingress"], 2),
-            "ingress (FastAPI route, parse, batcher, JSON reply) beyond its index call": round(
-                m["inside_ingress"] - m["index_search_call"], 2
-            ),
-            "index (its hop, the hop to the embedder, the search) beyond the encode call": round(
-                m["index_search_call"] - m["embedder_encode_call"], 2
-            ),
-            "embedder: the encode beyond a bare hop": round(m["embedder_encode_call"] - m["bare_hop"], 2),
-            "a bare hop (a call that does nothing, there and back)": m["bare_hop"],
-        },
+        "query_encoder": query_encoder,
+        "layers_ms": layers,
         "model_work_floor_ms": model_floor_ms,
         "requests": n,
         "load_average_1m": _load_average(),
@@ -371,8 +381,8 @@ def _breakdown(url: str, queries: list[str], model_floor_ms: float, n: int) -> d
     }
 
 
-def _autoscaling(url: str, queries: list[str], load_s: float, idle_s: float) -> dict[str, Any]:
-    """Replica counts of the embedder every second, through a load phase and an idle phase."""
+def _autoscaling(url: str, queries: list[str], load_s: float, idle_s: float, deployment: str) -> dict[str, Any]:
+    """Replica counts of ``deployment`` every second, through a load phase and an idle phase."""
     from raylens.serve.ray_apps import replica_counts
 
     timeline: list[dict[str, Any]] = []
@@ -382,7 +392,7 @@ def _autoscaling(url: str, queries: list[str], load_s: float, idle_s: float) -> 
     def sample() -> None:
         while not stop.is_set():
             counts = replica_counts("raylens-bench")
-            timeline.append({"t_s": round(time.perf_counter() - t0, 1), "replicas": counts.get("ClipEmbedder", 0)})
+            timeline.append({"t_s": round(time.perf_counter() - t0, 1), "replicas": counts.get(deployment, 0)})
             stop.wait(1.0)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -390,7 +400,7 @@ def _autoscaling(url: str, queries: list[str], load_s: float, idle_s: float) -> 
     load = _load(f"{url}/search", queries, 32, load_s, warmup_s=0.0)
     t_load_end = time.perf_counter() - t0
     deadline = time.perf_counter() + idle_s
-    while time.perf_counter() < deadline:  # idle until the embedder is back at one replica
+    while time.perf_counter() < deadline:  # idle until the deployment is back at one replica
         time.sleep(1.0)
         if max(p["replicas"] for p in timeline) > 1 and timeline[-1]["replicas"] <= 1:
             time.sleep(2.0)
@@ -400,6 +410,7 @@ def _autoscaling(url: str, queries: list[str], load_s: float, idle_s: float) -> 
     during = [p["replicas"] for p in timeline if p["t_s"] <= t_load_end]
     after = [p["replicas"] for p in timeline if p["t_s"] > t_load_end]
     return {
+        "deployment": deployment,
         "load_s": load_s,
         "load_end_s": round(t_load_end, 1),
         "max_replicas_under_load": max(during or [0]),
@@ -409,7 +420,7 @@ def _autoscaling(url: str, queries: list[str], load_s: float, idle_s: float) -> 
     }
 
 
-def _save_timeline_png(timeline: list[dict[str, Any]], load_end_s: float, path: Path) -> Path | None:
+def _save_timeline_png(timeline: list[dict[str, Any]], load_end_s: float, deployment: str, path: Path) -> Path | None:
     try:
         import matplotlib
 
@@ -420,7 +431,7 @@ def _save_timeline_png(timeline: list[dict[str, Any]], load_end_s: float, path: 
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.step([p["t_s"] for p in timeline], [p["replicas"] for p in timeline], where="post")
     ax.axvspan(0, load_end_s, alpha=0.15, label="load: concurrency 32")
-    ax.set(xlabel="seconds", ylabel="embedder replicas", title="Serve autoscaling (raylens bench serve)")
+    ax.set(xlabel="seconds", ylabel=f"{deployment} replicas", title="Serve autoscaling (raylens bench serve)")
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.legend(loc="upper right")
     fig.tight_layout()
@@ -452,7 +463,14 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
     from raylens.index.synthetic import clustered_vectors
     from raylens.models import create_model
     from raylens.runtime import init_ray
-    from raylens.serve.ray_apps import FAST_INGRESS_ENV, config_options, fast_ingress_enabled, load_config, start_http
+    from raylens.serve.ray_apps import (
+        FAST_INGRESS_ENV,
+        config_args,
+        config_options,
+        fast_ingress_enabled,
+        load_config,
+        start_http,
+    )
 
     load_before = os.getloadavg()
     n = 20_000 if quick else 100_000
@@ -486,16 +504,19 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
     try:
         init_ray()
         port = start_http("127.0.0.1", logging_config=SERVE_LOGGING)
-        options = config_options(load_config())  # services/raylens_services/search.yaml's deployment settings
-        fixed = {
-            **options,
-            "ClipEmbedder": {
-                **{k: v for k, v in options["ClipEmbedder"].items() if k != "autoscaling_config"},
+        config = load_config()  # services/raylens_services/search.yaml: its deployment settings and query encoder
+        options = config_options(config)
+        query_encoder = config_args(config).get("query_encoder", "index")
+        scaler = "IndexServer" if query_encoder == "index" else "ClipEmbedder"  # the search path's scaling
+        fixed = {  # one replica each while measuring the levels
+            name: {
+                **{k: v for k, v in o.items() if k != "autoscaling_config"},
                 "num_replicas": 1,
                 "autoscaling_config": None,  # the class's own autoscaling stays on unless switched off here
-            },
+            }
+            for name, o in options.items()
         }
-        args = {"indices": {"bench": str(workdir / "index")}, "options": fixed}
+        args = {"indices": {"bench": str(workdir / "index")}, "options": fixed, "query_encoder": query_encoder}
         t = time.perf_counter()
         url = _deploy(args, port)
         deploy_s = time.perf_counter() - t
@@ -521,18 +542,20 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
     base_one_thread = max(one_thread_rounds, key=lambda r: r["qps"])
     levels = _best(serve_rounds)
     floor_ms = min(costs["query_floor_ms"], *(r["min_ms"] for r in in_process_rounds + one_thread_rounds))
-    breakdown = _breakdown(url, queries, floor_ms, n=150 if quick else 400)
+    breakdown = _breakdown(url, queries, floor_ms, n=150 if quick else 400, query_encoder=query_encoder)
     on32 = levels[-1]
     url = _deploy({**args, "batch": {"max_batch_size": 1}}, port)
     off_rounds = [_load(f"{url}/search", queries, 32, phase_s) for _ in range(ROUNDS_QUICK if quick else ROUNDS)]
     off32 = max(off_rounds, key=lambda r: r["qps"])
     url = _deploy({**args, "options": options}, port)  # the config's autoscaling
-    scaling = _autoscaling(url, queries, load_s=40.0 if quick else 60.0, idle_s=75.0 if quick else 90.0)
+    scaling = _autoscaling(
+        url, queries, load_s=40.0 if quick else 60.0, idle_s=75.0 if quick else 90.0, deployment=scaler
+    )
     from ray import serve
 
     serve.delete("raylens-bench")
     serve.shutdown()
-    png = _save_timeline_png(scaling["timeline"], scaling["load_end_s"], workdir / "serve_autoscaling.png")
+    png = _save_timeline_png(scaling["timeline"], scaling["load_end_s"], scaler, workdir / "serve_autoscaling.png")
     if png and os.environ.get("RAYLENS_BENCH_PNG"):
         import shutil
 
@@ -599,12 +622,14 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
             "in_process_torch_threads": threads,
             "fastapi_torch_threads": "torch default",
             "replica_torch_threads": 1,
-            "embedder_replicas_for_levels": 1,
+            "query_encoder": query_encoder,
+            "replicas_for_levels": 1,
             "batch": {"max_batch_size": BATCH, "max_concurrent_batches": 2, "batch_wait_timeout_s": 0.0},
             "data_plane": "Serve's gRPC data plane between deployments (RAYLENS_SERVE_GRPC unset)",
             "http_front": _front(),
             "serve_controller_env": FAST_INGRESS_ENV if fast_ingress_enabled() else {},
-            "autoscaling_config": options["ClipEmbedder"].get("autoscaling_config"),
+            "autoscaled_deployment": scaler,
+            "autoscaling_config": options[scaler].get("autoscaling_config"),
             "quick": quick,
         },
         extra={

@@ -33,6 +33,7 @@ With the index `raylens demo` builds (skipped as a doctest: it needs that index 
 
 from __future__ import annotations
 
+import asyncio
 import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -206,7 +207,8 @@ class Encoder(Protocol):
 
 
 class ModelEncoder:
-    """The :class:`Encoder` of a CLIP model in this process."""
+    """The :class:`Encoder` of a CLIP model in this process, and its :class:`AsyncEncoder` (each
+    encode in a worker thread, ``asyncio.to_thread``, so an event loop goes on while torch runs)."""
 
     def __init__(self, model: ClipModel):
         self.model = model
@@ -217,6 +219,12 @@ class ModelEncoder:
 
     def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
         return self.model.encode_images(self.model.preprocess.batch(list(images)))
+
+    async def aencode_texts(self, texts: list[str]) -> np.ndarray:
+        return await asyncio.to_thread(self.encode_texts, list(texts))
+
+    async def aencode_images(self, images: list[np.ndarray]) -> np.ndarray:
+        return await asyncio.to_thread(self.encode_images, list(images))
 
 
 # ---- the index side -------------------------------------------------------------------------------
@@ -441,8 +449,6 @@ async def search_batch_async(
     """:func:`search_batch` on an event loop: the same checks, groups, results and errors, with the
     encoder awaited (no thread blocks on it) and each group's FAISS search and hit shaping run in a
     worker thread (``asyncio.to_thread``). The groups of one batch are encoded concurrently."""
-    import asyncio
-
     _check_batch(indices, None if encoder is None else encoder.identity)
     out, groups = _plan(queries, indices, encoder, return_exceptions)
 

@@ -30,6 +30,8 @@ from raylens_services.retry import call_async, call_sync
 __all__ = [
     "ClipEmbedder",
     "EmbedderClient",
+    "load_model",
+    "check_model",
     "CHECKPOINT_ENV",
     "MODEL_ENV",
     "DEFAULT_BATCH",
@@ -49,6 +51,26 @@ DEFAULT_CONCURRENT = 2
 """Batches in flight at once per batcher (more queue up and leave together when one finishes)."""
 ENCODE_TIMEOUT_S = 60.0
 """Longest the index deployment waits for one encode call (a stuck embedder then fails the batch)."""
+
+
+def load_model(checkpoint: str | None = None, model: str | None = None, torch_threads: int = 1):
+    """The CLIP model a replica serves: ``checkpoint`` (default ``RAYLENS_CHECKPOINT``) of ``model``
+    (default ``RAYLENS_MODEL``, else ``clip-tiny``), on ``torch_threads`` threads for this process
+    (one: a replica's calls are small, and its neighbours share the cores)."""
+    import torch
+
+    from raylens.models import create_model
+
+    torch.set_num_threads(max(1, int(torch_threads)))
+    checkpoint = checkpoint or os.environ.get(CHECKPOINT_ENV) or None
+    return create_model(model or os.environ.get(MODEL_ENV) or "clip-tiny", pretrained=checkpoint)
+
+
+async def check_model(model, who: str) -> None:
+    """Health check of a served model: it still encodes, to finite numbers."""
+    vector = await asyncio.to_thread(model.encode_texts, ["health"])
+    if not np.isfinite(vector).all():
+        raise RuntimeError(f"{who}: the model encodes to NaN or inf; restarting the replica may help")
 
 
 @serve.deployment(
@@ -78,15 +100,11 @@ class ClipEmbedder:
         max_concurrent_batches: int = DEFAULT_CONCURRENT,
         torch_threads: int = 1,
     ):
-        import torch
         from ray.serve.metrics import Histogram
 
-        from raylens.models import create_model
-
         quiet_client_errors()
-        torch.set_num_threads(max(1, int(torch_threads)))
         checkpoint = checkpoint or os.environ.get(CHECKPOINT_ENV) or None
-        self.model = create_model(model or os.environ.get(MODEL_ENV) or "clip-tiny", pretrained=checkpoint)
+        self.model = load_model(checkpoint, model, torch_threads)
         self.checkpoint = checkpoint
         batch = {
             "max_batch_size": int(max_batch_size),
@@ -103,9 +121,7 @@ class ClipEmbedder:
     async def check_health(self) -> None:
         """Serve's health check: the model still encodes, and encodes are not failing in a row."""
         self._failures.check("ClipEmbedder")
-        vector = await asyncio.to_thread(self.model.encode_texts, ["health"])
-        if not np.isfinite(vector).all():
-            raise RuntimeError("ClipEmbedder: the model encodes to NaN or inf; restarting the replica may help")
+        await check_model(self.model, "ClipEmbedder")
 
     async def _encode(self, fn, items):
         try:

@@ -2,9 +2,9 @@
 
 ``search_many`` takes a batch the caller formed (the search ingress batches its queries) and runs it
 with :func:`raylens.search.search_batch_async` on the replica's event loop: the core groups the
-queries by (kind, index, filters), awaits the embedding deployment's encoding of each group's texts
-or images (one call per group; no thread blocks on it), and runs one FAISS search per group in a
-worker thread. It returns one outcome per query: the hits, or the query's own error as the
+queries by (kind, index, filters), encodes each group's texts or images (with the replica's own
+copy of the model in a worker thread, or by awaiting one call to the embedding deployment per
+group; no thread blocks on it), and runs one FAISS search per group in a worker thread. It returns one outcome per query: the hits, or the query's own error as the
 exception it is, for the caller to raise to that query's client only. ``search`` takes one query;
 concurrent ones are batched adaptively (:class:`raylens.serve.batching.AdaptiveBatcher`: no wait
 when the replica is idle), and a query's error is raised to its caller (a client's mistake is
@@ -45,12 +45,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from raylens.index.manifest import normalize_data_roots
-from raylens.search import IndexSet, SearchQuery, search_batch_async
+from raylens.search import IndexSet, ModelEncoder, SearchQuery, search_batch_async
 from raylens.serve.batching import AdaptiveBatcher
 from raylens.serve.files import item_file
 from raylens.serve.observe import INDEX_VECTORS, FailureStreak, quiet_client_errors
 from raylens.serve.search_api import describe_indices
-from raylens_services.embedding import EmbedderClient
+from raylens_services.embedding import EmbedderClient, check_model, load_model
 
 __all__ = ["IndexServer", "INDEX_ENV", "parse_index_spec", "app"]
 
@@ -80,10 +80,14 @@ def parse_index_spec(spec: str | dict[str, str] | None) -> dict[str, str]:
     ray_actor_options={"num_cpus": 0.25},
 )
 class IndexServer:
-    """Searches the named indices (the first is the default) with the embedding deployment's model.
+    """Searches the named indices (the first is the default), encoding text and image queries with
+    the embedding deployment's model or with its own copy of it.
 
     ``embedder``: a handle to :class:`raylens_services.embedding.ClipEmbedder` (None: embedding
-    queries only). ``batch``: ``{max_batch_size, max_concurrent_batches, batch_wait_timeout_s}`` of the
+    queries only). ``model``: ``{checkpoint, model, torch_threads}`` (see
+    :func:`raylens_services.embedding.load_model`): load that model in this replica and encode the
+    queries here (:class:`raylens.search.ModelEncoder`, in worker threads) instead of calling the
+    embedder, one call less per search batch; ``embedder`` is then not used. ``batch``: ``{max_batch_size, max_concurrent_batches, batch_wait_timeout_s}`` of the
     batches of single ``search`` calls (:meth:`raylens.serve.batching.AdaptiveBatcher.from_config`).
     ``data_roots``: ``{index name: [directories]}`` to serve item files from, instead of the roots
     each index's manifest declares.
@@ -95,6 +99,7 @@ class IndexServer:
         embedder: DeploymentHandle | None = None,
         batch: dict[str, Any] | None = None,
         data_roots: dict[str, list[str]] | None = None,
+        model: dict[str, Any] | None = None,
     ):
         from ray.serve.metrics import Gauge
 
@@ -109,7 +114,10 @@ class IndexServer:
         self._swap_task: asyncio.Task | None = None
         self._served = False
         self.data_roots = {str(k): normalize_data_roots(v) for k, v in (data_roots or {}).items()}
-        self.encoder = await EmbedderClient.connect(embedder) if embedder is not None else None
+        if model is not None:
+            self.encoder = ModelEncoder(load_model(**model))
+        else:
+            self.encoder = await EmbedderClient.connect(embedder) if embedder is not None else None
         self.model = self.encoder.identity if self.encoder else None
         self.indices = IndexSet(model=self.model)
         await self._open(parse_index_spec(indices or os.environ.get(INDEX_ENV)))
@@ -177,10 +185,13 @@ class IndexServer:
         self._swap_task = asyncio.get_running_loop().create_task(self._swap(spec, self._generation))
 
     async def check_health(self) -> None:
-        """Serve's health check: the index set is in place and search batches are not failing in a row."""
+        """Serve's health check: the index set is in place, search batches are not failing in a row,
+        and the replica's own model (when it encodes the queries) still encodes."""
         if not isinstance(self.indices, IndexSet):
             raise RuntimeError("IndexServer: no index set is in place")
         self._failures.check("IndexServer")
+        if isinstance(self.encoder, ModelEncoder):
+            await check_model(self.encoder.model, "IndexServer")
 
     async def describe(self) -> dict[str, Any]:
         """Per index: model, checkpoint hash, count, dim, factory, metadata columns and their types; the

@@ -10,7 +10,8 @@ through ``DeploymentHandle``s:
   ingress batches concurrent searches adaptively (:class:`raylens.serve.batching.AdaptiveBatcher`: a
   search that finds the ingress idle goes at once, with no batching wait; those that arrive while
   batches are in flight leave together) and sends each batch in one call to the index deployment,
-  which runs the one search core (:func:`raylens.search.search_batch_async`).
+  which runs the one search core (:func:`raylens.search.search_batch_async`) and, by default, encodes
+  the batch's texts or images with its own copy of the model (``query_encoder``, see :func:`build_app`).
 * ``POST /embed``, ``POST /classify`` (A/B split between classifier versions), ``GET /indices``,
   ``GET /images/{index}/{id}`` (a hit's file, from the index's data roots only), ``GET /status``
   (details), ``GET /openapi.json`` (the live contract): all behind the API key.
@@ -50,10 +51,12 @@ from raylens_services.embedding import CHECKPOINT_ENV, ClipEmbedder
 from raylens_services.indices import INDEX_ENV, IndexServer, parse_index_spec
 from raylens_services.retry import call_async
 
-__all__ = ["SearchIngress", "HandleBackend", "build_app", "app", "CLASSIFIER_ENV"]
+__all__ = ["SearchIngress", "HandleBackend", "build_app", "app", "CLASSIFIER_ENV", "QUERY_ENCODERS"]
 
 log = logging.getLogger("ray.serve")
 CLASSIFIER_ENV = "RAYLENS_CLASSIFIER"
+QUERY_ENCODERS = ("index", "embedder")
+"""Where ``/search`` encodes its queries (``build_app``'s ``query_encoder``): in the index replicas or in the embedder."""
 STATIC = Path(__file__).parent / "static"
 
 
@@ -271,6 +274,11 @@ def build_app(args: dict[str, Any] | None = None):
     ``checkpoint``/``model`` (default: the first index's manifest), ``classifiers`` (``{version:
     {checkpoint, weight, classes, templates}}``; a missing checkpoint means the embedding model's;
     default ``RAYLENS_CLASSIFIER`` as one timm/CLIP checkpoint dir), ``limits`` (ServeLimits fields),
+    ``query_encoder``: where the text and image queries of ``/search`` are encoded: ``index`` (the
+    default: each index replica loads its own copy of the model and encodes its batches itself, one
+    call less per search; scale the search path by scaling ``IndexServer``) or ``embedder`` (the
+    index calls the embedding deployment, which then scales on its own; less memory per index
+    replica). ``/embed`` always goes to the embedding deployment.
     ``batch`` (``{max_batch_size, max_concurrent_batches, batch_wait_timeout_s}`` of the adaptive batches of
     the ingress's searches, the index's single searches and the embedder; see :mod:`raylens.serve.batching`), ``options``
     (``{deployment name: Serve options}``, e.g. ``autoscaling_config``; a config file's
@@ -300,8 +308,12 @@ def build_app(args: dict[str, Any] | None = None):
     batch = dict(args.get("batch") or {})
     if set(batch) - set(BATCH_KEYS):
         raise ValueError(f"unknown `batch` setting(s) {sorted(set(batch) - set(BATCH_KEYS))}; use {list(BATCH_KEYS)}")
+    query_encoder = str(args.get("query_encoder") or "index")
+    if query_encoder not in QUERY_ENCODERS:
+        raise ValueError(f"`query_encoder` must be one of {list(QUERY_ENCODERS)}, got {query_encoder!r}")
     embedder = deployment(ClipEmbedder).bind(checkpoint, model, **batch)
-    index_server = deployment(IndexServer).bind(indices or None, embedder, batch, data_roots or None)
+    own_model = {"checkpoint": checkpoint, "model": model} if query_encoder == "index" else None
+    index_server = deployment(IndexServer).bind(indices or None, embedder, batch, data_roots or None, own_model)
     versions = dict(args.get("classifiers") or {})
     if not versions and os.environ.get(CLASSIFIER_ENV):
         versions = {"v1": {"checkpoint": os.environ[CLASSIFIER_ENV], "weight": 1.0}}

@@ -154,7 +154,7 @@ def _shapes_index(root: Path) -> Path:
 
 
 def test_serve_deploy_of_the_search_config_reaches_replicas_on_both_nodes(cluster, tmp_path):
-    """`serve deploy` of the packaged search config (two embedder replicas) places them on both nodes and
+    """`serve deploy` of the packaged search config (two index replicas, which encode the queries) places them on both nodes and
     answers a text query over HTTP."""
     import requests
     import yaml
@@ -168,7 +168,7 @@ def test_serve_deploy_of_the_search_config_reaches_replicas_on_both_nodes(cluste
     app = cfg["applications"][0]
     app["args"] |= {"indices": {"shapes": str(index)}, "data_roots": {"shapes": [str(tmp_path / "shapes")]}}
     for d in app["deployments"]:
-        if d["name"] == "ClipEmbedder":
+        if d["name"] == "IndexServer":
             d["autoscaling_config"] |= {"min_replicas": 2, "initial_replicas": 2, "max_replicas": 2}
     config = tmp_path / "search.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -197,7 +197,7 @@ def test_serve_deploy_of_the_search_config_reaches_replicas_on_both_nodes(cluste
     deadline = time.monotonic() + 180
     replicas: list[dict] = []
     while len(replicas) < 2 and time.monotonic() < deadline:  # the first replica may answer before the second is up
-        replicas = [a for a in cluster.actors("ClipEmbedder") if a["state"] == "ALIVE"]
+        replicas = [a for a in cluster.actors("IndexServer") if a["state"] == "ALIVE"]
         time.sleep(2)
     assert len(replicas) == 2 and {a["node_id"] for a in replicas} == {
         cluster.node_of("node_a"),

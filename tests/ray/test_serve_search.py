@@ -140,7 +140,8 @@ def _config(assets, port: int) -> dict:
         "api_key_file": str(assets["key_file"]),
     }
     deployments = {d["name"]: d for d in app["deployments"]}
-    deployments["ClipEmbedder"]["autoscaling_config"]["max_replicas"] = 2
+    for name in ("ClipEmbedder", "IndexServer"):
+        deployments[name]["autoscaling_config"]["max_replicas"] = 2
     return cfg
 
 
@@ -275,6 +276,28 @@ def test_a_mismatched_index_is_refused_when_attached(service, assets):
         serve.delete("raylens-mismatch-test")
     r = _post(f"{service['url']}/search", json={"text": "a red circle", "k": 1})
     assert r.status_code == 200  # the running service is untouched
+
+
+def test_an_index_calling_the_embedder_finds_what_the_service_finds(service, assets):
+    """``query_encoder: embedder``: an index replica that has the embedding deployment encode its queries
+    returns the hits of the service's own index replicas, which encode them with their own model copy."""
+    from ray import serve
+
+    from raylens.search import SearchQuery
+    from raylens_services.indices import IndexServer
+
+    embedder = serve.get_deployment_handle("ClipEmbedder", app_name=APP)
+    app = IndexServer.bind({"shapes": str(assets["index"])}, embedder)
+    handle = serve.run(app, name="raylens-embedder-encodes-test", route_prefix=None)
+    try:
+        texts = ["a red circle", "a small blue star", "a large green cross"]
+        got = handle.search_many.remote([SearchQuery(text=t, k=5) for t in texts]).result()
+        for text, result in zip(texts, got, strict=True):
+            want = _post(f"{service['url']}/search", json={"text": text, "k": 5, "index": "shapes"}).json()
+            assert [h["id"] for h in result["hits"]] == [h["id"] for h in want["hits"]], text
+            assert [h["score"] for h in result["hits"]] == pytest.approx([h["score"] for h in want["hits"]], abs=1e-5)
+    finally:
+        serve.delete("raylens-embedder-encodes-test")
 
 
 def test_safety_limits_give_json_4xx(service):

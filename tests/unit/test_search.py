@@ -160,20 +160,11 @@ def test_a_bad_query_fails_alone_with_return_exceptions(model, index):
         search_batch(queries, indices, enc)
 
 
-class AsyncCountingEncoder(CountingEncoder):
-    """The same encoder, awaitable (:class:`raylens.search.AsyncEncoder`), as a served model is."""
-
-    async def aencode_texts(self, texts):
-        return self.encode_texts(texts)
-
-    async def aencode_images(self, images):
-        return self.encode_images(images)
-
-
 def test_async_core_gives_the_same_answers_groups_and_errors(model, index, images):
     import asyncio
 
-    sync_enc, async_enc = CountingEncoder(model), AsyncCountingEncoder(model)
+    # the same encoder, awaited (ModelEncoder's aencode_* run its encode_* in worker threads)
+    sync_enc, async_enc = CountingEncoder(model), CountingEncoder(model)
     indices = IndexSet({"shapes": index, "same": index}, model=sync_enc.identity)
     queries = [
         SearchQuery(text="picture 1", k=2),

@@ -25,8 +25,10 @@ def test_config_passes_serves_schema_and_sets_autoscaling_and_ab():
     app = search_app(cfg)
     assert app["import_path"] == "raylens_services.search:build_app" and app["route_prefix"] == "/"
     deps = {d["name"]: d for d in app["deployments"]}
-    auto = deps["ClipEmbedder"]["autoscaling_config"]
-    assert auto["min_replicas"] == 1 and auto["max_replicas"] > 1 and auto["target_ongoing_requests"] > 0
+    assert app["args"]["query_encoder"] == "index"  # the search path: the index replicas encode their queries
+    for name in ("IndexServer", "ClipEmbedder"):  # the search path and /embed scale out
+        auto = deps[name]["autoscaling_config"]
+        assert auto["min_replicas"] == 1 and auto["max_replicas"] > 1 and auto["target_ongoing_requests"] > 0
     assert all(0 < d["ray_actor_options"]["num_cpus"] <= 0.5 for d in deps.values())  # fits 2 cores
     assert all(d["max_ongoing_requests"] > 0 for d in deps.values())
     # operations: a bounded queue, a health check and a grace period on every deployment; a request timeout
@@ -94,6 +96,13 @@ def test_builder_composes_the_deployments_without_starting_ray(tmp_path, monkeyp
     args = {**config_args(cfg), "indices": {}, "checkpoint": str(tmp_path / "clip"), "options": config_options(cfg)}
     app = build_app(args)
     assert isinstance(app, Application)
+    # the ingress's index handle: by default the index replicas load the model and encode queries themselves
+    index = app._bound_deployment.init_args[1]
+    assert index._bound_deployment.init_args[-1] == {"checkpoint": str(tmp_path / "clip"), "model": None}
+    index = build_app({**args, "query_encoder": "embedder"})._bound_deployment.init_args[1]
+    assert index._bound_deployment.init_args[-1] is None  # they call the embedder
+    with pytest.raises(ValueError, match="`query_encoder` must be one of"):
+        build_app({**args, "query_encoder": "gpu"})
 
 
 def test_raylens_serve_dry_run_prints_the_resolved_config(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["SearchHit"]
@@ -26,4 +26,12 @@ class SearchHit:
     """Ids of near-duplicates folded into this hit (search with ``dedup=``)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready fields (a search service returns thousands a second: no deep copy)."""
+        return {
+            "id": self.id,
+            "score": self.score,
+            "path": self.path,
+            "caption": self.caption,
+            "metadata": dict(self.metadata),
+            "duplicates": list(self.duplicates),
+        }

@@ -104,14 +104,16 @@ class ClipModel:
         if x.ndim != 4 or x.shape[1:] != (3, self.spec.image_size, self.spec.image_size):
             s = self.spec.image_size
             raise ValueError(f"images must be preprocessed to (N, 3, {s}, {s}), got {tuple(x.shape)}")
-        self.model.eval()
+        if self.model.training:  # eval() walks every module: not on every call
+            self.model.eval()
         return F.normalize(self.model.encode_image(x).float(), dim=-1).cpu().numpy()
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Texts -> ``(N, D)`` unit vectors."""
         tokens = self.tokenize(texts).to(self.device)
-        self.model.eval()
+        if self.model.training:  # eval() walks every module: not on every call
+            self.model.eval()
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
 
     def to(self, device: str | torch.device) -> ClipModel:
