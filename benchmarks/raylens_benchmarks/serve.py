@@ -24,6 +24,9 @@ One run on this machine, on 127.0.0.1 (``--quick``: a 20k index and shorter phas
   work (encode + search of a single query, in process, the fastest of many);
 - where the time of one request at concurrency 1 goes (``extra.latency_breakdown_c1``): the median
   of each layer, peeled off with calls that skip the layers above it;
+- where the cores go at concurrency 32 (``extra.cpu_split_c32``): the CPU time per request of each
+  process (the ingress, the index, HAProxy, Ray's own, this process's client) over one more phase,
+  and how busy the cores were;
 - adaptive batching off (``max_batch_size=1``) against on at concurrency 32, with the model's own
   encode cost per text alone and in batches of 32 (the most batching can save);
 - autoscaling: the deployment that encodes the queries (the index, or the embedder with
@@ -302,6 +305,71 @@ def _deploy(args: dict[str, Any], port: int) -> str:
     return url
 
 
+CPU_ROLES = (
+    "SearchIngress",
+    "IndexServer",
+    "ClipEmbedder",
+    "haproxy",
+    "ServeController",
+    "raylet",
+    "gcs_server",
+    "dashboard",
+)
+"""Processes told apart by their command line in :func:`_cpu_seconds` (the rest: ``other``)."""
+
+
+def _cpu_seconds() -> dict[int, tuple[str, float]]:
+    """``{pid: (role, user + system CPU seconds)}`` of every process on this machine (Linux ``/proc``;
+    ``{}`` elsewhere). The role: a :data:`CPU_ROLES` name in its command line, ``client`` for this
+    process (the load generator), else ``other``."""
+    out: dict[int, tuple[str, float]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return out
+    tick = os.sysconf("SC_CLK_TCK")
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(d.name)
+        role = "client" if pid == os.getpid() else next((r for r in CPU_ROLES if r in cmd), "other")
+        out[pid] = (role, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def _cpu_split(url: str, queries: list[str], seconds: float) -> dict[str, Any]:
+    """CPU time per request of each process role (:func:`_cpu_seconds`) over a concurrency-32 phase:
+    where the cores go, and how busy they were (``utilization``: all CPU time / cores x wall time)."""
+    before = _cpu_seconds()
+    t = time.perf_counter()
+    load = _load(f"{url}/search", queries, 32, seconds, warmup_s=0.0)
+    wall = time.perf_counter() - t
+    after = _cpu_seconds()
+    if not before or not load["requests"]:
+        return {"note": "no /proc on this machine" if not before else "no request answered"}
+    roles: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        roles[role] = roles.get(role, 0.0) + cpu - (before[pid][1] if pid in before else 0.0)
+    total = sum(roles.values())
+    cores = os.cpu_count() or 1
+    return {
+        "qps": load["qps"],
+        "requests": load["requests"],
+        "wall_s": round(wall, 2),
+        "cpu_ms_per_request": {
+            r: round(v * 1000 / load["requests"], 3) for r, v in sorted(roles.items(), key=lambda kv: -kv[1])
+        },
+        "total_cpu_ms_per_request": round(total * 1000 / load["requests"], 3),
+        "utilization": round(total / (cores * wall), 3),
+        "note": "CPU seconds (user + system, /proc) of every process on the machine over the phase, per answered "
+        "request; `client` is this benchmark's load generator, which the in-process loop does not pay",
+    }
+
+
 def _median_ms(call, n: int) -> float:
     for _ in range(10):
         call()
@@ -543,6 +611,7 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
     levels = _best(serve_rounds)
     floor_ms = min(costs["query_floor_ms"], *(r["min_ms"] for r in in_process_rounds + one_thread_rounds))
     breakdown = _breakdown(url, queries, floor_ms, n=150 if quick else 400, query_encoder=query_encoder)
+    cpu_split = _cpu_split(url, queries, phase_s)
     on32 = levels[-1]
     url = _deploy({**args, "batch": {"max_batch_size": 1}}, port)
     off_rounds = [_load(f"{url}/search", queries, 32, phase_s) for _ in range(ROUNDS_QUICK if quick else ROUNDS)]
@@ -652,6 +721,7 @@ def bench_serve(quick: bool, workdir: Path) -> BenchResult:
                 "basis": "the fastest single query's encode + search in process (one torch thread or the default)",
             },
             "latency_breakdown_c1": breakdown,
+            "cpu_split_c32": cpu_split,
             "model_costs_one_thread": costs,
             "batching": {
                 "on_c32": on32,
