@@ -267,7 +267,8 @@ gRPC data plane (:func:`data_plane`)."""
 
 
 def data_plane(handle):
-    """``handle`` for the calls on the search path (ingress -> index -> embedder): sent straight to
+    """``handle`` for the calls on the search path (ingress -> index, and index -> embedder with
+    ``query_encoder: embedder``): sent straight to
     the chosen replica's inter-deployment gRPC server, arguments and results by value
     (``options(_by_reference=False)``, the data plane of Serve's throughput-optimized mode), instead
     of as Ray actor tasks through the object store. Measured on a loaded 2-core machine at
