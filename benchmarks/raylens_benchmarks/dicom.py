@@ -1,12 +1,13 @@
 """``raylens bench dicom``: DICOM files -> normalised volumes, Ray Data vs a pydicom loop and MONAI.
 
-Every side does the same work on the same phantom files (>= 2,000 slices): read every file, build one
-3D volume per series (slices sorted along the normal, modality LUT), then the MONAI normalisation
-(RAS, 3 mm, CT window / MR z-score, 32^3). The sides:
+Every side does the same work on the same phantom files (72,000 slices in 2,400 series, so the Ray
+pass lasts over 30 s; 2,160 slices with ``--quick``): read every file, build one 3D volume per series
+(slices sorted along the normal, modality LUT), then the MONAI normalisation (RAS, 3 mm, CT window /
+MR z-score, 32^3). The sides:
 
 - **raylens**: ``ray_reader.read_dicom(..., transform=...)`` on a local Ray with every core: headers
-  first (without pixels, pseudonymised), then one task per series; it also de-identifies and builds
-  the ingest report, which the others do not;
+  first (without pixels, pseudonymised), then tasks that each build a few series (biggest first); it
+  also de-identifies and builds the ingest report, which the others do not;
 - **pydicom loop**: the plain loop a team would write: one ``pydicom.dcmread`` per file, group by
   SeriesInstanceUID, sort along the normal, stack, normalise, in one process;
 - **MONAI**: ``LoadImage(reader="PydicomReader")`` on each series folder, then the same MONAI
@@ -19,7 +20,8 @@ ingest including Ray's start and the workers' imports. The sides run alternately
 and each keeps its best round, so load from other processes does not favour one. The metric is slices
 per second. The bound: the cores times the one-core rate of the work no side can skip (reading the
 files' bytes and the normalisation itself, measured here); a pydicom loop spread perfectly over the
-cores (cores x its rate) is reported beside it, with the goal of 1.8x the loop on 2 cores.
+cores (cores x its rate) is reported beside it, with the goal of 1.8x the loop on 2 cores. The
+headline ratio is against the faster of the two rivals.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ __all__ = ["bench_dicom", "pydicom_loop", "compare_volumes"]
 MONAI_NAME = "MONAI 1.6.1 LoadImage(PydicomReader) + the same transforms, one process (bench env)"
 LOOP_NAME = "pydicom single-process loop"
 GOAL_RATIO = 1.8
+FULL_PATIENTS = 1200
+SHOWN_SERIES = 10
+"""Differing series named in the JSON (the counts cover all of them)."""
+STEADY_WINDOW_S = 30.0
+"""The shortest steady-state window a full run may report (the benchmark issue's rule)."""
 
 
 def _monai_env() -> tuple[str, list[str]]:
@@ -173,8 +180,9 @@ def bench_dicom(quick: bool, workdir: Path) -> BenchResult:
     from raylens_domains.medical.ray_reader import read_dicom
 
     torch.set_num_threads(1)  # one core per process on every side; Ray workers get OMP_NUM_THREADS=1 too
-    n_patients = 36 if quick else 72  # 60 slices each: 2,160 / 4,320 slices
-    rounds = 2 if quick else 3
+    # 60 slices each: 2,160 / 72,000 slices; the full run's Ray pass lasts over 30 s (the steady window)
+    n_patients = 36 if quick else FULL_PATIENTS
+    rounds = 2
     workdir = Path(workdir)
     ph = generate_phantoms(workdir / "phantom", PhantomConfig(n_patients=n_patients, seed=123))
     warm = generate_phantoms(workdir / "warmup", PhantomConfig(n_patients=2, seed=7, ct_slices=8, mr_slices=8))
@@ -249,7 +257,10 @@ def bench_dicom(quick: bool, workdir: Path) -> BenchResult:
             items = json.loads(series_file.read_text())
             theirs = {os.path.relpath(s["folder"], ph.root): z[str(i)] for i, s in enumerate(items)}
         cmp = compare_volumes({os.path.relpath(k, ph.root): v for k, v in ours.items()}, theirs)
-        monai_details.update(runs=monai_runs, comparison_with_the_loop=cmp)
+        # the JSON keeps counts and the first few differing series, not thousands of names
+        shown = {k: (v[:SHOWN_SERIES] if isinstance(v, list) else v) for k, v in cmp.items()}
+        shown.update(n_differ=len(cmp["differ"]), n_missing=len(cmp["missing"]))
+        monai_details.update(runs=monai_runs, comparison_with_the_loop=shown)
         kinds = defaultdict(int)
         for folder in cmp["differ"]:
             kinds[Path(folder).name.upper()] += 1
@@ -274,12 +285,14 @@ def bench_dicom(quick: bool, workdir: Path) -> BenchResult:
     read_s = read_bytes_s(ph.root)
     floor_s = read_s + min(norm_times)
     value, base_value = n_slices / t_ray, n_slices_base / t_base
+    # the headline rival is the stronger one that finished; the goal is stated against the loop
+    best = max((r for r in (loop, monai) if r.value is not None), key=lambda r: r.value)
     return BenchResult(
         name="dicom",
         metric="slices_per_s",
         value=value,
-        baseline_name=LOOP_NAME,
-        baseline_value=base_value,
+        baseline_name=best.name,
+        baseline_value=best.value,
         higher_is_better=True,
         params={
             "quick": quick,
@@ -312,6 +325,11 @@ def bench_dicom(quick: bool, workdir: Path) -> BenchResult:
                 "cores": cpus,
             },
             "monai": monai_details,
+            "steady_window_s": round(t_ray, 3),
+            "steady_window_rule": f">= {STEADY_WINDOW_S:.0f} s on the full run",
+            "steady_window_ok": quick or t_ray >= STEADY_WINDOW_S,
+            # what the first ingest pays on top of a warm one: Ray's start, worker start-up and imports
+            "cold_start_share_of_end_to_end": round(max(0.0, cold_s - t_ray) / cold_s, 3),
             "ray_started_here": started_here,
             "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
             "skipped": report.n_skipped,

@@ -106,11 +106,13 @@ def _series_batch(
 
 
 def _series_block(headers: list[str], config: DicomIngestConfig, transform: VolumeTransformConfig | None):
-    """:func:`_series_batch` over these series' JSON header lists, as one Ray Data block."""
+    """:func:`_series_batch` over these series' JSON header lists: ``(block, [(skip_path, skip_reason)])``,
+    one Ray Data block and its rows' status (two returns: the driver reads the status without the block)."""
     from ray.data.block import BlockAccessor
 
     batch = {"headers": np.asarray(headers, dtype=object)}
-    return BlockAccessor.batch_to_block(_series_batch(batch, config, transform))
+    block = BlockAccessor.batch_to_block(_series_batch(batch, config, transform))
+    return block, _skip_rows_impl(block)
 
 
 def _empty_row(h: SliceHeader) -> dict[str, Any]:
@@ -214,17 +216,21 @@ def read_dicom(
                 batch_format="numpy",
             )
         ).materialize()
-        refs = ds.to_arrow_refs()
-    else:  # plain Ray tasks, one block each, biggest series first (see the header pass)
-        series_task = ray.remote(num_cpus=num_cpus)(_series_block)
-        refs = [
-            series_task.remote([it["headers"] for it in items[i : i + series_per_task]], config, transform)
-            for i in range(0, len(items), series_per_task)
-        ]
+        # the skip columns straight from the blocks (plain tasks: no second Data job)
+        skip_rows = ray.remote(num_cpus=0.25)(_skip_rows_impl)
+        status_refs = [skip_rows.remote(ref) for ref in ds.to_arrow_refs()]
+    else:  # plain Ray tasks, one block each, biggest series first (see the header pass); each task also
+        # returns its rows' status, so no further task (nor worker process) is needed to read it
+        series_task = ray.remote(num_cpus=num_cpus, num_returns=2)(_series_block)
+        refs, status_refs = [], []
+        for i in range(0, len(items), series_per_task):
+            block, status = series_task.remote(
+                [it["headers"] for it in items[i : i + series_per_task]], config, transform
+            )
+            refs.append(block)
+            status_refs.append(status)
         ds = ray.data.from_arrow_refs(refs)
-    # the skip columns straight from the blocks (plain tasks: no second Data job)
-    skip_rows = ray.remote(num_cpus=0.25)(_skip_rows_impl)
-    status = [r for part in ray.get([skip_rows.remote(ref) for ref in refs]) for r in part]
+    status = [r for part in ray.get(status_refs) for r in part]
     for path, reason in status:
         if reason:
             report.skipped.append(SkippedRow(path, reason))
