@@ -313,7 +313,9 @@ def build_app(args: dict[str, Any] | None = None):
         raise ValueError(f"`query_encoder` must be one of {list(QUERY_ENCODERS)}, got {query_encoder!r}")
     embedder = deployment(ClipEmbedder).bind(checkpoint, model, **batch)
     own_model = {"checkpoint": checkpoint, "model": model} if query_encoder == "index" else None
-    index_server = deployment(IndexServer).bind(indices or None, embedder, batch, data_roots or None, own_model)
+    # an index replica that encodes its own queries gets no embedder handle (it would never call it)
+    index_embedder = None if own_model else embedder
+    index_server = deployment(IndexServer).bind(indices or None, index_embedder, batch, data_roots or None, own_model)
     versions = dict(args.get("classifiers") or {})
     if not versions and os.environ.get(CLASSIFIER_ENV):
         versions = {"v1": {"checkpoint": os.environ[CLASSIFIER_ENV], "weight": 1.0}}

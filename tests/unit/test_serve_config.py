@@ -99,8 +99,11 @@ def test_builder_composes_the_deployments_without_starting_ray(tmp_path, monkeyp
     # the ingress's index handle: by default the index replicas load the model and encode queries themselves
     index = app._bound_deployment.init_args[1]
     assert index._bound_deployment.init_args[-1] == {"checkpoint": str(tmp_path / "clip"), "model": None}
-    index = build_app({**args, "query_encoder": "embedder"})._bound_deployment.init_args[1]
+    assert index._bound_deployment.init_args[1] is None  # and hold no embedder handle they would never call
+    ingress = build_app({**args, "query_encoder": "embedder"})._bound_deployment
+    index = ingress.init_args[1]
     assert index._bound_deployment.init_args[-1] is None  # they call the embedder
+    assert index._bound_deployment.init_args[1] is ingress.init_args[0]  # the ingress's own embedder
     with pytest.raises(ValueError, match="`query_encoder` must be one of"):
         build_app({**args, "query_encoder": "gpu"})
 
