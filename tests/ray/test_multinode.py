@@ -47,7 +47,7 @@ def _checkpoints(run: Path) -> list[Path]:
 def test_training_job_spreads_over_both_nodes_stops_and_resumes(cluster, tmp_path):
     """`raylens train classify` as a job: one worker per node; stopped mid-run and submitted again with the
     same name and storage, it resumes from its checkpoint; checkpoints and outputs land in the storage."""
-    storage, name, epochs = tmp_path / "runs", "spread", 30
+    storage, name, epochs = tmp_path / "runs", "spread", 12
     cluster.submit(_train(storage, name, epochs), submission_id="train-1", working_dir=REPO, wait=False)
     run = storage / name
     deadline = time.monotonic() + 600
