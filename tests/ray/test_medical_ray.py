@@ -165,8 +165,8 @@ class _StopsAfter:
     def __getattr__(self, name):
         return getattr(self._ctx, name)
 
-    def report(self, metrics, checkpoint_dir=None):
-        kept = self._ctx.report(metrics, checkpoint_dir)
+    def report(self, metrics, checkpoint_dir=None, *, checkpoint_step=False):
+        kept = self._ctx.report(metrics, checkpoint_dir, checkpoint_step=checkpoint_step)
         if metrics["epoch"] == self._epoch:
             raise Preempted(f"stopped after epoch {self._epoch}")
         return kept

@@ -226,8 +226,10 @@ def report(ctx: TrainContext, metrics: dict[str, Any], *, write: Callable[[Path]
     ``write(directory)`` fills a fresh temporary folder, which the context persists and which is
     removed afterwards. Returns where the checkpoint is kept, when the context keeps it on local disk.
     """
-    if write is None or ctx.rank != 0:
+    if write is None:
         return ctx.report(metrics)
+    if ctx.rank != 0:  # a checkpoint step on every rank: the context may need every rank at a barrier
+        return ctx.report(metrics, checkpoint_step=True)
     with tempfile.TemporaryDirectory(prefix="raylens-ckpt-") as tmp:
         write(Path(tmp))
         return ctx.report(metrics, checkpoint_dir=tmp)

@@ -37,7 +37,7 @@ class ClipTrainConfig:
     seed: int = 0
     """Seeds torch and the data order; every worker adds its rank."""
     log_every: int = 10
-    """Report metrics every N steps (``ray.train.report`` is a barrier: every worker calls it)."""
+    """Log metrics every N steps (kept in the history; on Ray only checkpoints go through ``ray.train.report``)."""
     checkpoint_every: int = 0
     """Also checkpoint every N steps (0: only at the end)."""
     loss: str = "clip"

@@ -41,10 +41,14 @@ class TrainContext(Protocol):
     run: dict[str, Any]
     """The run's options (Ray's, say), saved in every checkpoint's ``config.json``."""
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None) -> Path | None:
+    def report(
+        self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None, *, checkpoint_step: bool = False
+    ) -> Path | None:
         """Record metrics (and persist ``checkpoint_dir`` when given). Every worker calls it.
 
-        Returns where the persisted checkpoint now is when it lies on local disk, else None."""
+        ``checkpoint_step``: another rank persists a checkpoint at this step (ranks > 0 of a checkpoint
+        step say so, since they pass no directory). Returns where the persisted checkpoint now is when
+        it lies on local disk, else None."""
 
     def latest_checkpoint(self) -> Path | None:
         """A local directory holding the checkpoint to resume from, or None for a fresh start."""
@@ -78,7 +82,9 @@ class LocalContext:
             )
         self.storage = Path(self.storage)
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None) -> Path | None:
+    def report(
+        self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None, *, checkpoint_step: bool = False
+    ) -> Path | None:
         self.history.append(dict(metrics))
         if checkpoint_dir is None:
             return None

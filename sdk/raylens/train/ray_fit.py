@@ -190,7 +190,16 @@ class RayContext:
         self.run: dict[str, Any] = dict(run or {})
         self._checkpoints = CheckpointCache()
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None) -> Path | None:
+    def report(
+        self, metrics: dict[str, Any], checkpoint_dir: str | Path | None = None, *, checkpoint_step: bool = False
+    ) -> Path | None:
+        """Metrics alone stay in the loop's history (saved in every checkpoint): a ``ray.train.report``
+        is a barrier across the workers that cost about 1 s per call on a 2-core machine (150 steps of
+        CLIP on 1 worker: 48.8-51.7 s reporting every 10 steps, 33.6-41.2 s reporting once). Checkpoint
+        steps go to Ray Train on every rank (rank 0 with the checkpoint, the others with
+        ``checkpoint_step=True``), since each rank must reach that barrier."""
+        if checkpoint_dir is None and not checkpoint_step:
+            return None
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
         ray.train.report(metrics, checkpoint=ckpt)
         if ckpt is None:
