@@ -209,3 +209,12 @@ def test_index_rival_glue_turns_a_failed_start_into_a_rival_with_its_reason(tmp_
     assert live.proc is None and live.times is None and "numpy<2 has no wheel" in live.failed
     rival = bench_index._finish(live, np.zeros((1, 10), np.int64), 1, tmp_path)
     assert rival.value is None and rival.name == "autofaiss 2.18.0" and "pip install autofaiss==2.18.0" in rival.note
+
+
+def test_train_clip_steady_rate_counts_the_time_between_windows():
+    from raylens_benchmarks.train_clip import _steady
+
+    # windows of 10 steps; 1 s of a report sits between the 2nd and 3rd: it counts, the 1st window does not
+    history = [{"step": 10, "elapsed_s": 5.0}, {"step": 20, "elapsed_s": 6.0}, {"step": 30, "elapsed_s": 8.0}]
+    assert _steady(history, samples_per_step=64) == pytest.approx(20 * 64 / 3.0)
+    assert _steady([{"step": 10, "elapsed_s": 2.0, "samples_per_s": 320.0}], 64) == 320.0

@@ -201,6 +201,7 @@ def train_clip(
                 "samples_per_s": samples_since_log / seconds,
                 "steps_per_s": samples_since_log / seconds / (cfg.batch_size * cfg.accum_steps * ctx.world_size),
                 "logit_scale": float(clip.model.logit_scale.detach().exp()),
+                "elapsed_s": now - t_start,
             }
             want_eval = (
                 evaluator is not None and ctx.rank == 0 and (last or (cfg.eval_every and step % cfg.eval_every == 0))
