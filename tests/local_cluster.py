@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raylens.runtime import free_ports
+
 BIN = Path(sys.executable).parent
 RAY_VARS = (
     "RAY_ADDRESS",
@@ -38,19 +39,6 @@ RAY_VARS = (
     "RAY_AUTH_TOKEN_PATH",
 )
 """Variables of the caller's environment a cluster (or its clients) must not inherit."""
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 40.0) -> None:

@@ -7,7 +7,7 @@ import os
 import re
 import socket
 
-__all__ = ["init_ray", "pick_device", "cpus_per_replica", "quiet_logs", "is_ray_noise"]
+__all__ = ["init_ray", "pick_device", "cpus_per_replica", "quiet_logs", "is_ray_noise", "free_port", "free_ports"]
 
 _RAY_NOISE = re.compile(
     "|".join(
@@ -77,7 +77,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
         # The dashboard serves the state API that Ray Train's placement-group cleaner polls from inside
         # an actor; named here, it finds this Ray even when other Rays run on the machine (otherwise
         # it dies with "Found multiple active Ray instances").
-        port = _free_port()
+        port = free_port()
         env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         kwargs["runtime_env"] = {"env_vars": env_vars}
         if quiet:  # a local Ray turns token auth on by itself and says so: nothing for the user to do
@@ -114,10 +114,40 @@ def _start_local(start):
             logging.getLogger("raylens").warning("Ray's start-up timed out on a loaded machine; trying again")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+FREE_PORT_RANGE = (20000, 29999)
+"""Where :func:`free_ports` looks: below the kernel's ephemeral range (32768-60999 on Linux), from which
+outgoing connections take their source ports (a port the OS hands out there can be taken by one of
+Ray's connections before the server binds it), and clear of Ray's worker ports (10002-19999) and
+Serve's direct-ingress ports (30000-31000 HTTP)."""
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports nothing listens on right now, in :data:`FREE_PORT_RANGE`.
+
+    >>> a, b = free_ports(2)
+    >>> a != b and all(FREE_PORT_RANGE[0] <= p <= FREE_PORT_RANGE[1] for p in (a, b))
+    True
+    """
+    import random
+
+    rng, ports = random.Random(), []  # unseeded: concurrent callers pick differently
+    for _ in range(64 * n):
+        port = rng.randint(*FREE_PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:  # in use (or in TIME_WAIT)
+                continue
+        if port not in ports:
+            ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise OSError(f"no {n} free TCP ports on {host} in {FREE_PORT_RANGE[0]}-{FREE_PORT_RANGE[1]}; free some")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (see :func:`free_ports`)."""
+    return free_ports(1, host)[0]
 
 
 def _filter_worker_logs() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from raylens.runtime import free_port
 
 __all__ = [
     "GRPC_ENV",
@@ -57,13 +58,6 @@ _OPTION_KEYS = (
     "health_check_period_s",
     "health_check_timeout_s",
 )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def packaged_config(name: str = SEARCH_CONFIG) -> Path:
