@@ -218,3 +218,20 @@ def test_train_clip_steady_rate_counts_the_time_between_windows():
     history = [{"step": 10, "elapsed_s": 5.0}, {"step": 20, "elapsed_s": 6.0}, {"step": 30, "elapsed_s": 8.0}]
     assert _steady(history, samples_per_step=64) == pytest.approx(20 * 64 / 3.0)
     assert _steady([{"step": 10, "elapsed_s": 2.0, "samples_per_s": 320.0}], 64) == 320.0
+
+
+def test_nerf_accounting_samples_and_the_least_time_bound():
+    from raylens.bench import BenchResult, Bound, BoundExceeded
+    from raylens_benchmarks.nerf import samples_trained, seconds_bound
+
+    hist = [{"step": 10, "samples_per_ray": 50.0}, {"step": 30, "samples_per_ray": 20.0}]
+    assert samples_trained(hist, 100) == 10 * 100 * 50 + 20 * 100 * 20
+    assert samples_trained([], 100) == 0
+    peaks = {"flops": 1e11, "bytes_per_s": 1e10}
+    assert seconds_bound(100, {"flops": 1e9, "bytes": 1e8}, peaks) == pytest.approx(1.0)  # FLOP-bound
+    assert seconds_bound(100, {"flops": 1e8, "bytes": 1e9}, peaks) == pytest.approx(10.0)  # bandwidth-bound
+    # a time to target below the least time is an accounting error, not a figure
+    ok = BenchResult("nerf", "s", 12.0, "vanilla", 600.0, higher_is_better=False, bound=Bound(10.0, "peaks"))
+    assert ok.check().fraction_of_bound == pytest.approx(10 / 12)
+    with pytest.raises(BoundExceeded):
+        BenchResult("nerf", "s", 8.0, "vanilla", 600.0, higher_is_better=False, bound=Bound(10.0, "peaks")).check()
