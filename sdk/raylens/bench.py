@@ -235,6 +235,12 @@ def _fmt(v: float | None) -> str:
     return "failed" if v is None else f"{v:,.4g}"
 
 
+def _label(r: BenchResult) -> str:
+    """The benchmark's name, marked when it ran at ``--quick`` sizes (a full and a quick run of one
+    benchmark can sit in the same table)."""
+    return r.name + (" (--quick)" if r.params.get("quick") else "")
+
+
 def markdown_table(results: list[BenchResult]) -> str:
     """One row per benchmark and rival: figures, ratio (ours over theirs) and the fraction of the bound."""
     rows = [
@@ -250,7 +256,7 @@ def markdown_table(results: list[BenchResult]) -> str:
             name = rv.name + (f" ({rv.note})" if rv.value is None and rv.note else "")
             first = i == 0
             rows.append(
-                f"| {r.name if first else ''} | {r.metric if first else ''} | {_fmt(r.value) if first else ''} "
+                f"| {_label(r) if first else ''} | {r.metric if first else ''} | {_fmt(r.value) if first else ''} "
                 f"| {name} | {_fmt(rv.value)} | {ratio} | {bound if first else ''} "
                 f"| {(f'{f:.2f}' if f is not None else '—') if first else ''} |"
             )
@@ -269,11 +275,11 @@ def plot_ratios(results: list[BenchResult], path: str | Path) -> Path:
         for rv in r.rivals or [Rival(r.baseline_name, r.baseline_value)]:
             if rv.value is None:
                 continue
-            labels.append(_short(f"{r.name} vs {rv.name}"))
+            labels.append(_short(f"{_label(r)} vs {rv.name}"))
             ratios.append(r._better(r.value, rv.value))
             colours.append("tab:green" if ratios[-1] >= 1 else "tab:red")
         if r.fraction_of_bound is not None:
-            labels.append(f"{r.name} / bound")
+            labels.append(f"{_label(r)} / bound")
             ratios.append(r.fraction_of_bound)
             colours.append("tab:grey")
     fig, ax = plt.subplots(figsize=(11, 0.35 * len(labels) + 1.2))

@@ -26,6 +26,8 @@ def test_bench_result_json_format(tmp_path):
     assert d["ratio"] == 2.0 and d["machine"]["cores"] >= 1
     assert BenchResult("x", "seconds", 2.0, "b", 4.0, higher_is_better=False).ratio == 2.0
     assert "| x | images_per_s |" in markdown_table([r])
+    quick = BenchResult("x", "images_per_s", 2.0, "b", 1.0, params={"quick": True})
+    assert "| x (--quick) | images_per_s |" in markdown_table([quick])  # beside a full run of the same bench
 
 
 def test_benchmarks_are_registered():
