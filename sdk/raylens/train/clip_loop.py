@@ -2,7 +2,8 @@
 
 ``train_clip(config, epoch_batches, ctx)`` trains with open_clip's contrastive loss. With
 ``ctx.world_size > 1`` (inside Ray Train, which has set up the process group) the model is wrapped
-in DDP and the loss gathers features from every worker, so each step sees global negatives.
+in DDP and the loss gathers features from every worker, so each step sees global negatives; the
+token embedding's gradient is averaged over the rows the step used (:mod:`raylens.train.embedding_sync`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from raylens.train import checkpointing
 from raylens.train.checkpointing import CURVES_PNG, HISTORY_CSV, HISTORY_FILE, TRAIN_STATE_FILE
 from raylens.train.config import ClipTrainConfig
 from raylens.train.context import TrainContext
+from raylens.train.embedding_sync import EmbeddingSync
 from raylens.train.losses import SIGLIP_INIT_BIAS, SIGLIP_INIT_SCALE, make_loss
 from raylens.train.optim import adamw, decay_groups, warmup_cosine
 from raylens.train.result import TrainResult
@@ -151,6 +153,7 @@ def train_clip(
         step, epoch, history, final_dir = resumed.step, resumed.next_epoch, resumed.history, resumed.path
 
     net: torch.nn.Module = clip.model
+    embeddings = EmbeddingSync(clip.model, ctx.world_size)  # the token table's rows, outside DDP
     if ctx.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             clip.model, device_ids=[device.index] if device.type == "cuda" else None
@@ -174,6 +177,7 @@ def train_clip(
             continue
         opt.zero_grad(set_to_none=True)
         running.append(_accumulated_backward(net, loss_fn, micro, autocast, scaler))
+        embeddings.reduce()
         if scaler is not None:
             scaler.unscale_(opt)
         if cfg.grad_clip_norm:
