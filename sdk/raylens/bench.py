@@ -33,6 +33,7 @@ __all__ = [
     "register_benchmark",
     "machine_info",
     "run_benchmark",
+    "machines",
     "markdown_table",
     "plot_ratios",
     "load_results",
@@ -241,8 +242,27 @@ def _label(r: BenchResult) -> str:
     return r.name + (" (--quick)" if r.params.get("quick") else "")
 
 
+def machines(results: list[BenchResult]) -> str:
+    """The machines the results came from, each with its benchmarks when there are several.
+
+    >>> amd, xeon = {"cores": 2, "cpu": "AMD EPYC"}, {"cores": 2, "cpu": "Intel Xeon"}
+    >>> r = lambda name, m: BenchResult(name=name, metric="x", value=1.0, baseline_name="b", baseline_value=1.0, machine=m)
+    >>> machines([r("embed", amd), r("dicom", amd)])
+    '2-core AMD EPYC'
+    >>> machines([r("embed", amd), r("serve", xeon), r("dicom", amd)])
+    '2-core AMD EPYC (embed, dicom); 2-core Intel Xeon (serve)'
+    """
+    by: dict[str, list[str]] = {}
+    for r in results:
+        by.setdefault(f"{r.machine.get('cores', '?')}-core {r.machine.get('cpu', '?')}", []).append(_label(r))
+    if len(by) == 1:
+        return next(iter(by))
+    return "; ".join(f"{m} ({', '.join(names)})" for m, names in by.items())
+
+
 def markdown_table(results: list[BenchResult]) -> str:
-    """One row per benchmark and rival: figures, ratio (ours over theirs) and the fraction of the bound."""
+    """One row per benchmark and rival: figures, ratio (ours over theirs) and the fraction of the bound,
+    then the machines the rows came from."""
     rows = [
         "| benchmark | metric | raylens | rival (same run) | rival value | ratio | bound | raylens / bound |",
         "|---|---|---|---|---|---|---|---|",
@@ -260,7 +280,7 @@ def markdown_table(results: list[BenchResult]) -> str:
                 f"| {name} | {_fmt(rv.value)} | {ratio} | {bound if first else ''} "
                 f"| {(f'{f:.2f}' if f is not None else '—') if first else ''} |"
             )
-    return "\n".join(rows) + "\n"
+    return "\n".join(rows) + f"\n\nMeasured on: {machines(results)}.\n"
 
 
 def plot_ratios(results: list[BenchResult], path: str | Path) -> Path:
@@ -291,8 +311,7 @@ def plot_ratios(results: list[BenchResult], path: str | Path) -> Path:
     for yi, v in zip(y, ratios, strict=True):
         ax.text(v, yi, f" {v:.2f}x", va="center", fontsize=7)
     ax.set_xlabel("ratio (raylens over rival: > 1 raylens wins; grey: raylens over the physical bound)")
-    m = results[0].machine if results else {}
-    ax.set_title(f"raylens benchmarks on {m.get('cores', '?')}-core {m.get('cpu', '?')}", fontsize=9)
+    ax.set_title(f"raylens benchmarks on {machines(results)}", fontsize=9, wrap=True)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -143,3 +143,12 @@ def test_bench_report_writes_table_and_chart_from_saved_results(tmp_path):
     assert "autofaiss (numpy<2 pin) | failed | — |" in md and "| 0.50x |" in md
     assert (tmp_path / "all.png").stat().st_size > 1000
     assert len(json.loads((tmp_path / "all.json").read_text())) == 2
+
+
+def test_table_names_every_machine_its_rows_came_from():
+    amd, xeon = {"cores": 2, "cpu": "AMD EPYC"}, {"cores": 2, "cpu": "Intel Xeon"}
+    rows = [
+        BenchResult(name=n, metric="qps", value=2.0, baseline_name="b", baseline_value=1.0, machine=m)
+        for n, m in (("embed", amd), ("serve", xeon))
+    ]
+    assert markdown_table(rows).rstrip().endswith("Measured on: 2-core AMD EPYC (embed); 2-core Intel Xeon (serve).")
