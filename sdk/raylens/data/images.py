@@ -4,6 +4,11 @@
 reason. ``ClipPreprocess`` resizes the shortest side (bicubic), centre-crops and normalises as
 ``open_clip.image_transform(size, is_train=False)`` does, on numpy arrays, with torch's uint8 resize
 kernel (:func:`resize_bicubic`, within a grey level of open_clip's PIL resize on photos).
+
+Pillow decodes every format. torchvision's ``decode_png`` (libpng) takes about half of
+:func:`decode_image`'s time on small PNGs, but torchvision 0.29.1 kills the process with a
+segmentation fault on a PNG with a bad filter byte (the first mutated case of
+``tests/unit/test_fuzz_decoders.py``): a crashed worker loses its rows.
 """
 
 from __future__ import annotations
