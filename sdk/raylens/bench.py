@@ -32,6 +32,8 @@ __all__ = [
     "BENCHMARKS",
     "register_benchmark",
     "machine_info",
+    "cpu_ticks",
+    "steal_share",
     "run_benchmark",
     "machines",
     "markdown_table",
@@ -74,6 +76,33 @@ def machine_info() -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         info["gpu"] = None
     return info
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """``(stolen, all)`` CPU ticks since boot, from ``/proc/stat``; ``(0, 0)`` where there is none.
+
+    Stolen ticks are the ones a virtual machine's cores were ready to run but the hypervisor ran
+    another guest: on a shared host they slow a benchmark that nothing in the machine explains.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user and nice]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """The share of CPU time stolen between two :func:`cpu_ticks` readings (None: nothing counted).
+
+    >>> steal_share((10, 1000), (60, 2000))
+    0.05
+    >>> steal_share((0, 0), (0, 0)) is None
+    True
+    """
+    ticks = after[1] - before[1]
+    return round((after[0] - before[0]) / ticks, 4) if ticks > 0 else None
 
 
 class BoundExceeded(RuntimeError):
@@ -214,13 +243,17 @@ def _load_benchmarks() -> None:
 
 
 def run_benchmark(name: str, *, quick: bool = False, workdir: str | Path | None = None) -> BenchResult:
-    """Run one registered benchmark and return its result, checked against its bound."""
+    """Run one registered benchmark and return its result, checked against its bound; its machine info
+    gains ``cpu_steal_share``, the share of CPU time the host stole while it ran (:func:`cpu_ticks`)."""
     import tempfile
 
     _load_benchmarks()
     fn: Callable[..., BenchResult] = BENCHMARKS.get(name)
+    ticks = cpu_ticks()
     with tempfile.TemporaryDirectory(prefix=f"raylens-bench-{name}-") as tmp:
-        return fn(quick=quick, workdir=Path(workdir) if workdir else Path(tmp)).check()
+        result = fn(quick=quick, workdir=Path(workdir) if workdir else Path(tmp)).check()
+    result.machine["cpu_steal_share"] = steal_share(ticks, cpu_ticks())
+    return result
 
 
 def load_results(paths: Iterable[str | Path]) -> list[BenchResult]:

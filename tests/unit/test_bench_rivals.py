@@ -235,3 +235,17 @@ def test_nerf_accounting_samples_and_the_least_time_bound():
     assert ok.check().fraction_of_bound == pytest.approx(10 / 12)
     with pytest.raises(BoundExceeded):
         BenchResult("nerf", "s", 8.0, "vanilla", 600.0, higher_is_better=False, bound=Bound(10.0, "peaks")).check()
+
+
+@pytest.mark.slow
+def test_train_clip_ddp_rival_and_ceiling_train_in_real_processes(tmp_path):
+    from raylens.train import ClipTrainConfig
+    from raylens_benchmarks.train_clip import _processes
+
+    cfg = ClipTrainConfig(model="clip-tiny", max_steps=3, batch_size=8, warmup_steps=1, log_every=1)
+    ddp = _processes(cfg, 2, together=True, workdir=tmp_path)
+    apart = _processes(cfg, 2, together=False, workdir=tmp_path)
+    assert ddp["samples_per_s"] > 0 and apart["samples_per_s"] > 0
+    # the group's rank 0 saved the final checkpoint; apart, each process saved its own
+    assert len(list(tmp_path.glob("processes-*/rank0/checkpoint_*"))) == 2
+    assert len(list(tmp_path.glob("processes-*/rank1/checkpoint_*"))) == 1
