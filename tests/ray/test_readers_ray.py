@@ -47,6 +47,7 @@ def test_parquet_embedded_bytes_and_paths(ray_session, tmp_path):
         row_group_size=3,
     )
     data = read_captioned_images(tmp_path / "c.parquet", ClipPreprocess(16), split="train", batch_size=2)
+    assert data.rows_estimate == 7  # the file's rows, known before any task (the split filters later)
     rows = _by_path(data.dataset.take_all())
     assert sorted(rows) == sorted([str(tmp_path / "e0"), str(tmp_path / "e1"), str(tmp_path / "disk.png")])
     assert rows[str(tmp_path / "disk.png")]["caption"] == "from disk"
@@ -102,6 +103,7 @@ def test_image_folder(ray_session, tmp_path):
     (tmp_path / "dog" / "9.png").write_bytes(b"broken png")
     data = read_image_folder(tmp_path, ClipPreprocess(16), shuffle_seed=0, batch_size=2)
     assert isinstance(data, ReadResult) and data.classes == ["dog", "tabby_cat"]
+    assert data.rows_estimate == 7  # the listed image files, the broken one included
     rows = data.dataset.take_all()
     assert len(rows) == 6 and rows[0]["image"].shape == (3, 16, 16)
     cat = next(r for r in rows if r["class_name"] == "tabby_cat")

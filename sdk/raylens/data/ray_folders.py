@@ -56,5 +56,7 @@ def read_image_folder(
     reporter = IngestReporter(listing.root)
     ray.get(reporter.record.remote([], [(s.path, s.reason) for s in listing.skipped]))
     rows = ray.data.from_items(items, override_num_blocks=blocks_for(n, batch_size))
-    parts = decoded(rows, decode_and_report, batch_size=batch_size, preprocess=preprocess, reporter=reporter)
+    parts = decoded(
+        rows, decode_and_report, batch_size=batch_size, rows_estimate=n, preprocess=preprocess, reporter=reporter
+    )
     return ReadResult(name=listing.root, reporter=ActorReport(reporter), classes=listing.classes, **parts)

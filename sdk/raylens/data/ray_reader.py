@@ -188,14 +188,16 @@ def _decode_udf(
     yield from decode_and_report(batch, preprocess=preprocess, reporter=reporter, root=root)
 
 
-def decoded(rows: ray.data.Dataset, fn, *, batch_size: int, **kwargs) -> dict:
+def decoded(rows: ray.data.Dataset, fn, *, batch_size: int, rows_estimate: float | None = None, **kwargs) -> dict:
     """``rows`` mapped through ``fn(batch, **kwargs)`` in batches of ``batch_size``, as the
-    ``dataset``, ``rows`` and ``decode`` fields of a :class:`~raylens.data.result.ReadResult`."""
+    ``dataset``, ``rows``, ``decode`` and ``rows_estimate`` fields of a
+    :class:`~raylens.data.result.ReadResult`."""
     decode = functools.partial(fn, **kwargs)
     return {
         "dataset": rows.map_batches(decode, batch_size=batch_size, batch_format="numpy"),
         "rows": rows,
         "decode": decode,
+        "rows_estimate": None if rows_estimate is None else int(rows_estimate),
     }
 
 
@@ -260,7 +262,8 @@ def read_captioned_images(
         raise ValueError(f"split={split!r} was asked for but {str(path)!r} has no 'split' column")
     is_parquet = layout.format == "parquet"
     files = parquet_files(path) if is_parquet else [path]
-    blocks = override_num_blocks or blocks_for(parquet_rows(files) if is_parquet else _estimate_rows(path), batch_size)
+    estimate = parquet_rows(files) if is_parquet else _estimate_rows(path)
+    blocks = override_num_blocks or blocks_for(estimate, batch_size)
     if is_parquet:
         ds = ray.data.read_parquet([str(f) for f in files], override_num_blocks=blocks)
     elif layout.format == "csv":
@@ -283,6 +286,7 @@ def read_captioned_images(
         ds,
         _decode_udf,
         batch_size=batch_size,
+        rows_estimate=estimate,
         preprocess=preprocess,
         base=str(path if path.is_dir() else path.parent),
         reporter=reporter,

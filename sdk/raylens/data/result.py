@@ -54,6 +54,10 @@ class ReadResult:
     separate decode step."""
     decode: Callable[..., Any] | None = field(default=None, repr=False)
     """``decode(batch)`` yields decoded batches (skips reported): the step from ``rows`` to ``dataset``."""
+    rows_estimate: int | None = None
+    """About how many rows :attr:`rows` holds, known before any task runs (the file list's length, a
+    captions file's size over its line length); None when a reader cannot tell. ``embed_images`` sizes
+    its tasks by it."""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
