@@ -38,8 +38,8 @@ from raylens.bench import BenchResult, Bound, Rival, Window, cpu_ticks, register
 
 ROUNDS = 3
 """A full run measures every side this many times, one after the other in turn, and keeps each
-side's median run: a shared host's speed moves by tens of percent within minutes (stolen time), so
-the ratios of one pass are mostly the host's."""
+side's median run: a shared host's speed moves by tens of percent within minutes (in the committed
+run with under 0.2% of CPU time stolen), so the ratios of one pass are mostly the host's."""
 
 CAPTIONS = [
     f"a {c} {s}"
