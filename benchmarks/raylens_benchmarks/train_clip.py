@@ -256,7 +256,8 @@ def _flops_per_sample(cfg, data: dict[str, np.ndarray]) -> float:
 
 
 @register_benchmark(
-    "train-clip", doc="Ray Train CLIP samples/s (2 workers; 1 for scaling) vs a DataLoader-fed loop and plain loops."
+    "train-clip",
+    doc="Ray Train CLIP samples/s (2 workers; 1 for scaling) vs plain DDP without Ray, a DataLoader-fed loop and plain loops.",
 )
 def bench_train_clip(quick: bool, workdir: Path) -> BenchResult:
     from raylens.runtime import init_ray
