@@ -249,3 +249,18 @@ def test_train_clip_ddp_rival_and_ceiling_train_in_real_processes(tmp_path):
     # the group's rank 0 saved the final checkpoint; apart, each process saved its own
     assert len(list(tmp_path.glob("processes-*/rank0/checkpoint_*"))) == 2
     assert len(list(tmp_path.glob("processes-*/rank1/checkpoint_*"))) == 1
+
+
+def test_embed_steady_window_spans_whole_rounds():
+    """Two tasks at a time, each delivering its block at its end: counting the partner of the block
+    that opens the window reads 74 rows/s where 50 were made."""
+    from raylens_benchmarks.embed import _windows
+
+    rounds = [(1.0, 25), (1.01, 50), (2.0, 75), (2.01, 100)]
+    assert _windows(rounds, 0.0)["steady_images_per_s"] > 70
+    w = _windows(rounds, 0.0, rounds_of=2)
+    assert w["steady_images_per_s"] == pytest.approx(50.0) and w["steady_share"] == 0.5
+    even = [(0.1 * i, 10 * i) for i in range(1, 101)]  # one consumer's batches
+    assert _windows(even, 0.0)["steady_images_per_s"] == pytest.approx(100.0)
+    with pytest.raises(RuntimeError, match="too few batches"):
+        _windows([(1.0, 50), (1.01, 100)], 0.0, rounds_of=2)
