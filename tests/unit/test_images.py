@@ -72,6 +72,11 @@ def _raw_png(rows: np.ndarray, bit_depth: int, colour_type: int, interlace: int 
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(body)) + _chunk(b"IEND", b"")
 
 
+def _with_xmp(png: bytes) -> bytes:
+    """``png`` with an XMP packet after its IHDR (which sends it to Pillow)."""
+    return png[:33] + _chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0<x/>") + png[33:]
+
+
 def _png_kinds() -> dict[str, bytes]:
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
@@ -86,20 +91,33 @@ def _png_kinds() -> dict[str, bytes]:
     kinds["P 2-bit"] = buf.getvalue()
     kinds["RGB 16-bit"] = _raw_png(rng.integers(0, 65536, (9, 11, 3), dtype=np.uint16).astype(">u2"), 16, 2)
     kinds["RGB Adam7"] = _raw_png(rgb, 8, 2, interlace=1)
-    kinds["I;16 (Pillow)"] = _png(rng.integers(0, 65535, (9, 11), dtype=np.uint16))
+    kinds["RGB + XMP (Pillow)"] = _with_xmp(kinds["RGB"])
     return kinds
 
 
 @pytest.mark.parametrize("kind", list(_png_kinds()))
 def test_png_kinds_decode_as_pillow_does(kind):
-    """libspng decodes the plain PNGs (16-bit grey goes to Pillow) to Pillow's RGB, pixel for pixel."""
+    """libspng decodes the plain PNGs to Pillow's RGB, pixel for pixel; the others go to Pillow."""
     data = _png_kinds()[kind]
     with Image.open(io.BytesIO(data)) as im:
         fast = images._spng is not None and im.mode in images._SPNG_MODES and images._plain_png(data)
         expected = np.asarray(im.convert("RGB"))
-    assert fast == (kind != "I;16 (Pillow)")
+    assert fast == ("Pillow" not in kind)
     got = decode_image(data)
     assert got.dtype == np.uint8 and np.array_equal(got, expected)
+
+
+def test_16_bit_grey_keeps_its_high_byte_with_either_decoder():
+    """Pillow's own RGB clips 16-bit grey at 255 (mid-grey came out white); both paths scale it."""
+    grey = np.array([[0, 256, 32768, 65535]], np.uint16)
+    plain = _png(grey)
+    with_xmp = _with_xmp(plain)
+    assert images._plain_png(plain) and not images._plain_png(with_xmp)  # libspng, then Pillow
+    for data in (plain, with_xmp):
+        assert decode_image(data).tolist() == [[[v] * 3 for v in (0, 1, 128, 255)]]
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="TIFF")
+    assert decode_image(buf.getvalue())[0, :, 0].tolist() == [0, 1, 128, 255]
 
 
 def test_png_damage_is_refused_whichever_decoder_sees_it():

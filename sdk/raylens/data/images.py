@@ -53,9 +53,9 @@ MAX_IMAGE_BYTES = 256 * 2**20
 
 _ORIENTATION = 0x0112  # the EXIF Orientation tag
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_SPNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA"})
-"""Pillow modes of PNGs whose RGB libspng gives pixel for pixel (not ``I;16``: Pillow clips 16-bit
-grey at 255, libspng scales it)."""
+_SPNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16"})
+"""Pillow modes of PNGs whose RGB libspng gives pixel for pixel (16-bit grey as :func:`decode_image`
+scales it: the high byte)."""
 _PILLOW_MARKS = (b"eXIf", b"exif", b"xmp", b"acTL")
 """Bytes that send a PNG to Pillow: an orientation Pillow applies (an eXIf chunk, ImageMagick's raw
 EXIF text, XMP) or an animation (Pillow's first frame)."""
@@ -108,7 +108,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarr
     """Decode image bytes (PNG, JPEG, WebP, ...) into an RGB ``(H, W, 3)`` uint8 array, upright.
 
     The EXIF orientation is applied (a phone photo stored landscape with Orientation=6 comes back
-    portrait, as a viewer shows it). Any decoder failure is a :class:`BadImage` with the reason.
+    portrait, as a viewer shows it); 16-bit grey keeps its high byte. Any decoder failure is a
+    :class:`BadImage` with the reason.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"decode_image expects bytes, got {type(data).__name__}")
@@ -130,6 +131,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarr
             img.load()  # forces a full decode, so truncated files fail here
             if img.getexif().get(_ORIENTATION, 1) != 1:
                 img = ImageOps.exif_transpose(img)
+            if img.mode.startswith("I;16"):  # Pillow's RGB clips 16-bit grey at 255 (mid-grey came out white)
+                return np.repeat((np.asarray(img) >> 8).astype(np.uint8)[..., None], 3, axis=2)
             return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
     except BadImage:
         raise
