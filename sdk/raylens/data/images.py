@@ -5,13 +5,12 @@ reason. ``ClipPreprocess`` resizes the shortest side (bicubic), centre-crops and
 ``open_clip.image_transform(size, is_train=False)`` does, on numpy arrays, with torch's uint8 resize
 kernel (:func:`resize_bicubic`, within a grey level of open_clip's PIL resize on photos).
 
-Pillow reads every header and decodes every format. Plain PNGs (every chunk's CRC right, no EXIF,
-XMP or animation, a Pillow mode whose RGB libspng reproduces exactly) are decoded by libspng through
-``pyspng`` instead: 115 against 162 us for a 128 px PNG on one core, the same pixels, and any file it
-cannot decode goes on to Pillow, which decodes it or gives the reason. torchvision's ``decode_png``
-(libpng) is as fast, but torchvision 0.29.1 kills the process with a segmentation fault on a PNG with
-a bad filter byte (the first mutated case of ``tests/unit/test_fuzz_decoders.py``): a crashed worker
-loses its rows.
+Pillow decodes every format. Two faster PNG decoders were tried and left out: torchvision's
+``decode_png`` (libpng) kills the process with a segmentation fault on a PNG with a bad filter byte
+(torchvision 0.29.1; the first mutated case of ``tests/unit/test_fuzz_decoders.py``): a crashed worker
+loses its rows. libspng through ``pyspng`` (115 against 162 us for a 128 px PNG) skips zlib's
+Adler-32 check, so a flipped byte in stored (incompressible) image data under a mended CRC decodes
+to wrong pixels where Pillow refuses the file (``tests/ray/test_reliability_ingest.py``).
 """
 
 from __future__ import annotations
@@ -20,16 +19,10 @@ import io
 import os
 import stat
 import warnings
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
-
-try:  # libspng: plain PNGs in about 70% of Pillow's time (see the module docstring)
-    import pyspng as _spng
-except ImportError:  # an install without it decodes every PNG with Pillow
-    _spng = None
 
 __all__ = [
     "BadImage",
@@ -52,13 +45,6 @@ MAX_IMAGE_BYTES = 256 * 2**20
 
 
 _ORIENTATION = 0x0112  # the EXIF Orientation tag
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_SPNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16"})
-"""Pillow modes of PNGs whose RGB libspng gives pixel for pixel (16-bit grey as :func:`decode_image`
-scales it: the high byte)."""
-_PILLOW_MARKS = (b"eXIf", b"exif", b"xmp", b"acTL")
-"""Bytes that send a PNG to Pillow: an orientation Pillow applies (an eXIf chunk, ImageMagick's raw
-EXIF text, XMP) or an animation (Pillow's first frame)."""
 
 
 class BadImage(ValueError):
@@ -123,11 +109,6 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarr
             w, h = img.size
             if w * h > max_pixels:
                 raise BadImage(f"{w}x{h} pixels is over the limit of {max_pixels}")
-            if _spng is not None and img.format == "PNG" and img.mode in _SPNG_MODES and _plain_png(data):
-                try:
-                    return _spng.load(bytes(data), format="RGB")
-                except Exception:  # noqa: BLE001 - Pillow decodes it or gives the reason below
-                    pass
             img.load()  # forces a full decode, so truncated files fail here
             if img.getexif().get(_ORIENTATION, 1) != 1:
                 img = ImageOps.exif_transpose(img)
@@ -142,32 +123,6 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarr
         raise BadImage("the image does not fit in memory") from None
     except Exception as e:  # PIL's plug-ins raise OSError, SyntaxError, struct.error, IndexError, ... on junk
         raise BadImage(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
-
-
-def _plain_png(data: bytes | bytearray | memoryview) -> bool:
-    """Whether ``data`` is a PNG for libspng: every chunk inside the data with its CRC right, up to an
-    IEND, and none of :data:`_PILLOW_MARKS`. pyspng has libspng ignore CRCs and zlib's Adler-32, where
-    Pillow refuses the file; the CRC-32s checked here cover every byte, so damage still goes to Pillow
-    (a file crafted with right CRCs over a wrong Adler-32 decodes to its own pixels, as a valid PNG would).
-
-    >>> import zlib
-    >>> end = b"IEND"
-    >>> png = _PNG_SIGNATURE + bytes(4) + end + zlib.crc32(end).to_bytes(4, "big")
-    >>> _plain_png(png), _plain_png(png[:-1]), _plain_png(png[:-1] + b"?")
-    (True, False, False)
-    """
-    data = bytes(data)
-    if not data.startswith(_PNG_SIGNATURE) or any(mark in data for mark in _PILLOW_MARKS):
-        return False
-    at, n = len(_PNG_SIGNATURE), len(data)
-    while at + 12 <= n:
-        end = at + 8 + int.from_bytes(data[at : at + 4], "big")
-        if end + 4 > n or zlib.crc32(data[at + 4 : end]) != int.from_bytes(data[end : end + 4], "big"):
-            return False
-        if data[at + 4 : at + 8] == b"IEND":
-            return True
-        at = end + 4
-    return False
 
 
 def resize_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
