@@ -42,8 +42,8 @@ def task_batches(rows_estimate: float | None, batch_size: int, cpus: float) -> i
     """Batches per CPU task: the data split evenly into :data:`TASKS_PER_CPU` tasks per CPU, at least
     :data:`TASK_BATCHES` and at most :data:`MAX_TASK_BATCHES`, so the idle gap between tasks is paid
     rarely and the last task ends with the others. Measured warm at 20,000 PNGs on 2 cores (3
-    alternated pipelines each): 40 batches a task took 5.6-6.1 s against 6.2-6.8 s for 16, with the
-    first rows at 3.5-3.8 s against 2.3-2.5 s.
+    alternated pipelines each, PNGs decoded by libspng then): 40 batches a task took 5.6-6.1 s against
+    6.2-6.8 s for 16, with the first rows at 3.5-3.8 s against 2.3-2.5 s.
 
     >>> [task_batches(n, 128, 2) for n in (20_000, 10_000, 3_000, None)]
     [40, 20, 8, 8]
