@@ -40,6 +40,19 @@ def test_encode_shapes_and_normalised():
         m.encode_texts("not a list")
 
 
+def test_create_model_lays_convolutions_out_channels_last_with_the_same_outputs():
+    """The one door puts 2-D convolution weights in NHWC (oneDNN's fast path, see
+    raylens.models.layout); the embeddings match the NCHW layout's to float rounding."""
+    m = create_model("clip-tiny")
+    convs = [c for c in m.model.visual.modules() if isinstance(c, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not all(c.weight.is_contiguous() for c in convs)
+    x = np.random.default_rng(0).normal(size=(4, 3, m.spec.image_size, m.spec.image_size)).astype(np.float32)
+    nhwc = m.encode_images(x)
+    m.model.visual.to(memory_format=torch.contiguous_format)
+    np.testing.assert_allclose(nhwc, m.encode_images(x), atol=1e-4)
+
+
 def test_checkpoint_roundtrip_into_raylens_and_plain_open_clip(tmp_path):
     torch.manual_seed(0)
     m = create_model("clip-tiny")

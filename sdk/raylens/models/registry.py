@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raylens.models.checkpoint import MODEL_KINDS
+from raylens.models.layout import channels_last
 from raylens.registry import Registry, unknown_name_error
 
 __all__ = [
@@ -280,6 +281,7 @@ def create_model(name: str, **overrides: Any) -> Any:
     else:
         model = _FAMILIES[info.source].create(name, **kwargs)
         config = {k: v for k, v in kwargs.items() if k != "pretrained"}
+    channels_last(model if hasattr(model, "modules") else getattr(model, "model", None))  # see raylens.models.layout
     rec = getattr(model, RECORD_ATTR, None)
     if rec is None:
         attach_record(model, ModelRecord(info.kind, name, config))
