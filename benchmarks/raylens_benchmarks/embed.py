@@ -149,22 +149,27 @@ def _raylens(captions: Path, batch_size: int) -> dict[str, float]:
 
 def _one_thread_costs(paths: list[str], batch_size: int) -> dict[str, float]:
     """CPU seconds per image on one thread (process time, so other load on the machine does not
-    inflate them): raylens' read+decode+preprocess, and the model's encode. A first pass over a few
-    files (page cache, first-call set-up) is not timed."""
+    inflate them): raylens' read+decode+preprocess (its task's own batch function), and the model's
+    encode. A first pass over a few files (page cache, first-call set-up) is not timed."""
     import torch
 
-    from raylens.data.images import decode_image, read_image_file
+    from raylens.data.decode import decode_captioned_batch
     from raylens.models import create_model
 
     model = create_model("clip-tiny")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+
+    def decode(batch_paths: list[str]) -> np.ndarray:
+        out, skipped = decode_captioned_batch({"path": np.array(batch_paths)}, model.preprocess, require_caption=False)
+        assert not skipped, skipped
+        return out["image"]
+
     try:
-        for p in paths[:batch_size]:
-            model.preprocess(decode_image(read_image_file(p)))
+        decode(paths[:batch_size])
         t = time.process_time()
-        x = np.stack([model.preprocess(decode_image(read_image_file(p))) for p in paths])
-        decode = (time.process_time() - t) / len(paths)
+        x = np.concatenate([decode(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)])
+        decode_s = (time.process_time() - t) / len(paths)
         model.encode_images(x[:batch_size])  # warm-up
         t = time.process_time()
         for i in range(0, len(x), batch_size):
@@ -172,7 +177,7 @@ def _one_thread_costs(paths: list[str], batch_size: int) -> dict[str, float]:
         encode = (time.process_time() - t) / len(x)
     finally:
         torch.set_num_threads(threads)
-    return {"decode_s": decode, "encode_s": encode}
+    return {"decode_s": decode_s, "encode_s": encode}
 
 
 def _shapes(n: int, size: int) -> Path:

@@ -69,3 +69,44 @@ def test_decode_batch_skips_bad_rows_and_keeps_good(tmp_path):
     assert reasons["text.png"].startswith("not a readable image")
     assert reasons["missing.png"] == "file not found"
     assert reasons["good.png#5"] == "missing caption"
+
+
+def test_decode_batch_preprocesses_small_images_together_with_the_same_result(tmp_path):
+    """Small images of several sizes go through one batched preprocess per size; a photo over
+    BATCH_PIXELS goes alone. Every row matches the one-by-one preprocess exactly."""
+    from raylens.data.decode import BATCH_PIXELS
+
+    rng = np.random.default_rng(0)
+    shapes = [(40, 40), (30, 50), (40, 40), (300, 260), (30, 50)]
+    assert 300 * 260 > BATCH_PIXELS
+    arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(tmp_path / f"{i}.png")
+    batch = {"path": np.array([str(tmp_path / f"{i}.png") for i in range(5)]), "caption": np.array(["c"] * 5)}
+    pre = ClipPreprocess(16)
+    out, skipped = decode_captioned_batch(batch, pre)
+    assert not skipped
+    np.testing.assert_array_equal(out["image"], np.stack([pre(a) for a in arrays]))
+
+
+def test_decode_batch_finds_the_row_that_spoils_a_batched_preprocess(tmp_path):
+    """A transform whose batch call fails on one odd image costs that row only (one by one)."""
+
+    class Picky(ClipPreprocess):
+        def __call__(self, image):
+            if image[0, 0, 0] == 0:
+                raise ValueError("no black corners")
+            return super().__call__(image)
+
+        def batch(self, images):
+            return np.stack([self(im) for im in images])
+
+    for i, v in enumerate((200, 0, 100)):
+        Image.fromarray(np.full((20, 20, 3), v, np.uint8)).save(tmp_path / f"{i}.png")
+    batch = {"path": np.array([str(tmp_path / f"{i}.png") for i in range(3)]), "caption": np.array(["a", "b", "c"])}
+    out, skipped = decode_captioned_batch(batch, Picky(8))
+    assert out["caption"].tolist() == ["a", "c"] and out["image"].shape == (2, 3, 8, 8)
+    assert [(s.path.rsplit("/", 1)[-1], s.reason) for s in skipped] == [
+        ("1.png", "could not decode or preprocess (ValueError: no black corners)")
+    ]
+    np.testing.assert_array_equal(out["image"][1], ClipPreprocess(8)(np.full((20, 20, 3), 100, np.uint8)))
