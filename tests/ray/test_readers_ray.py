@@ -254,6 +254,28 @@ def test_embedding_decodes_inside_its_tasks_and_still_reports_bad_rows(ray_sessi
         np.testing.assert_array_equal(vec, runs[1][path])
 
 
+def test_embedding_reads_one_block_per_task_where_the_reader_can_replan(ray_session, tmp_path):
+    """embed_images on CPU asks the reader for one read block per task (rows_in) instead of the
+    decode path's block per batch; every row still comes out once."""
+    import ray
+
+    from raylens.embed.ray_embed import embed_images, task_batches
+    from raylens.models import create_model
+
+    model = create_model("clip-tiny")
+    for i in range(40):
+        Image.fromarray(_image(i * 5)).save(tmp_path / f"{i}.png")
+    (tmp_path / "captions.csv").write_text("path,caption\n" + "".join(f"{i}.png,c{i}\n" for i in range(40)))
+    asked = []
+    data = open_source(str(tmp_path / "captions.csv"), model.preprocess, batch_size=2)
+    replan = data.rows_in
+    data.rows_in = lambda n: asked.append(n) or replan(n)
+    ds = embed_images(data, "clip-tiny", None, batch_size=2).materialize()
+    per_task = 2 * task_batches(data.rows_estimate, 2, ray.cluster_resources()["CPU"])
+    assert asked == [-(-data.rows_estimate // per_task)] and ds.num_blocks() == asked[0] > 1
+    assert sorted(r["caption"] for r in ds.take_all()) == sorted(f"c{i}" for i in range(40))
+
+
 def test_a_read_keeps_its_report_after_the_first_read_of_the_session_is_gone(ray_session):
     """The session's report actor is named; a later read that found it by name must not lose it
     when the read that created it is garbage-collected (a CI failure: ActorDiedError mid-ingest)."""

@@ -14,7 +14,7 @@ import ray
 
 from raylens.data.decode import ImageTransform
 from raylens.data.folders import DEFAULT_TEMPLATE, IMAGE_EXTENSIONS, list_image_folder
-from raylens.data.ray_reader import ActorReport, IngestReporter, blocks_for, decode_and_report, decoded
+from raylens.data.ray_reader import ActorReport, IngestReporter, decode_and_report, decoded
 from raylens.data.result import ReadResult
 
 __all__ = ["read_image_folder"]
@@ -55,8 +55,12 @@ def read_image_folder(
     items = [{k: col[i] for k, col in listing.rows.items()} for i in order]
     reporter = IngestReporter(listing.root)
     ray.get(reporter.record.remote([], [(s.path, s.reason) for s in listing.skipped]))
-    rows = ray.data.from_items(items, override_num_blocks=blocks_for(n, batch_size))
     parts = decoded(
-        rows, decode_and_report, batch_size=batch_size, rows_estimate=n, preprocess=preprocess, reporter=reporter
+        lambda blocks: ray.data.from_items(items, override_num_blocks=blocks),
+        decode_and_report,
+        batch_size=batch_size,
+        rows_estimate=n,
+        preprocess=preprocess,
+        reporter=reporter,
     )
     return ReadResult(name=listing.root, reporter=ActorReport(reporter), classes=listing.classes, **parts)

@@ -13,7 +13,7 @@ import functools
 import hashlib
 import uuid
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -188,14 +188,25 @@ def _decode_udf(
     yield from decode_and_report(batch, preprocess=preprocess, reporter=reporter, root=root)
 
 
-def decoded(rows: ray.data.Dataset, fn, *, batch_size: int, rows_estimate: float | None = None, **kwargs) -> dict:
-    """``rows`` mapped through ``fn(batch, **kwargs)`` in batches of ``batch_size``, as the
-    ``dataset``, ``rows``, ``decode`` and ``rows_estimate`` fields of a
-    :class:`~raylens.data.result.ReadResult`."""
+def decoded(
+    rows_in: Callable[[int], ray.data.Dataset],
+    fn,
+    *,
+    batch_size: int,
+    rows_estimate: float | None = None,
+    blocks: int | None = None,
+    **kwargs,
+) -> dict:
+    """The ``dataset``, ``rows``, ``rows_in``, ``decode`` and ``rows_estimate`` fields of a
+    :class:`~raylens.data.result.ReadResult`: ``rows_in(blocks)`` (default: about one block per
+    ``batch_size`` rows, :func:`blocks_for`) mapped through ``fn(batch, **kwargs)`` in batches of
+    ``batch_size``."""
     decode = functools.partial(fn, **kwargs)
+    rows = rows_in(blocks or blocks_for(rows_estimate or 0, batch_size))
     return {
         "dataset": rows.map_batches(decode, batch_size=batch_size, batch_format="numpy"),
         "rows": rows,
+        "rows_in": rows_in,
         "decode": decode,
         "rows_estimate": None if rows_estimate is None else int(rows_estimate),
     }
@@ -263,30 +274,34 @@ def read_captioned_images(
     is_parquet = layout.format == "parquet"
     files = parquet_files(path) if is_parquet else [path]
     estimate = parquet_rows(files) if is_parquet else _estimate_rows(path)
-    blocks = override_num_blocks or blocks_for(estimate, batch_size)
-    if is_parquet:
-        ds = ray.data.read_parquet([str(f) for f in files], override_num_blocks=blocks)
-    elif layout.format == "csv":
-        import pyarrow.csv as pacsv
-
-        # every column as string: a caption like "7" must stay text
-        convert = pacsv.ConvertOptions(column_types={c: "string" for c in layout.columns})
-        parse = pacsv.ParseOptions(delimiter=layout.delimiter)
-        ds = ray.data.read_csv(str(path), convert_options=convert, parse_options=parse, override_num_blocks=blocks)
-    else:
-        ds = ray.data.read_json(str(path), lines=True, override_num_blocks=blocks)
-    if layout.displaced:
-        ds = ds.drop_columns(layout.displaced)
-    if layout.renames:
-        ds = ds.rename_columns(layout.renames)
     reporter = IngestReporter(str(path))
-    if split is not None:  # before decoding, so no image tensor column is ever empty
-        ds = ds.map_batches(_select_split, batch_format="numpy", fn_kwargs={"split": split})
+
+    def rows_in(blocks: int) -> ray.data.Dataset:
+        if is_parquet:
+            ds = ray.data.read_parquet([str(f) for f in files], override_num_blocks=blocks)
+        elif layout.format == "csv":
+            import pyarrow.csv as pacsv
+
+            # every column as string: a caption like "7" must stay text
+            convert = pacsv.ConvertOptions(column_types={c: "string" for c in layout.columns})
+            parse = pacsv.ParseOptions(delimiter=layout.delimiter)
+            ds = ray.data.read_csv(str(path), convert_options=convert, parse_options=parse, override_num_blocks=blocks)
+        else:
+            ds = ray.data.read_json(str(path), lines=True, override_num_blocks=blocks)
+        if layout.displaced:
+            ds = ds.drop_columns(layout.displaced)
+        if layout.renames:
+            ds = ds.rename_columns(layout.renames)
+        if split is not None:  # before decoding, so no image tensor column is ever empty
+            ds = ds.map_batches(_select_split, batch_format="numpy", fn_kwargs={"split": split})
+        return ds
+
     parts = decoded(
-        ds,
+        rows_in,
         _decode_udf,
         batch_size=batch_size,
         rows_estimate=estimate,
+        blocks=override_num_blocks,
         preprocess=preprocess,
         base=str(path if path.is_dir() else path.parent),
         reporter=reporter,

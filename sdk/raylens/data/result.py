@@ -52,6 +52,9 @@ class ReadResult:
     """The rows before decoding (``dataset`` is ``rows`` mapped through :attr:`decode`), for consumers
     that decode inside their own workers (``embed_images`` on CPU); None when a reader has no
     separate decode step."""
+    rows_in: Callable[[int], Any] | None = field(default=None, repr=False)
+    """``rows_in(n)``: :attr:`rows` read again in ``n`` blocks, for a consumer that plans its own tasks
+    (``embed_images`` on CPU reads one block per task); None when a reader cannot re-plan."""
     decode: Callable[..., Any] | None = field(default=None, repr=False)
     """``decode(batch)`` yields decoded batches (skips reported): the step from ``rows`` to ``dataset``."""
     rows_estimate: int | None = None
