@@ -88,6 +88,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
     _quiet_progress(quiet)
     if quiet:
         _filter_worker_logs()
+    from raylens.data.ray_limits import ask_again_while_empty
+
+    ask_again_while_empty()
     return ctx
 
 
