@@ -47,14 +47,14 @@ def main() -> None:
     train = read_captioned_images(args.captions, pre, split="train")
     result = fit_clip(
         train.dataset,
-        ClipTrainConfig(model=args.model, max_steps=args.steps, lr=2e-3),  # the demo's rate for the shapes
+        ClipTrainConfig(model=args.model, max_steps=args.steps, warmup_steps=min(30, args.steps // 10), lr=2e-3),
         RayTrainOptions(num_workers=args.workers, use_gpu=args.gpu, storage_path=str(out / "runs")),
     )
     print(train.report().summary())
 
     held = read_captioned_images(args.captions, pre, split="heldout")
     rows = embed_images(
-        held.dataset, args.model, str(result.checkpoint), num_actors=args.workers, num_gpus=1 if args.gpu else 0
+        held, args.model, str(result.checkpoint), num_actors=args.workers, num_gpus=1 if args.gpu else 0
     ).take_all()
     model = create_model(args.model, pretrained=str(result.checkpoint))
     index = VectorIndex.build(
