@@ -74,7 +74,7 @@ def test_decode_batch_skips_bad_rows_and_keeps_good(tmp_path):
 def test_decode_batch_preprocesses_small_images_together_with_the_same_result(tmp_path):
     """Small images of several sizes go through one batched preprocess per size; a photo over
     BATCH_PIXELS goes alone. Every row matches the one-by-one preprocess exactly."""
-    from raylens.data.decode import BATCH_PIXELS
+    from raylens.data.images import BATCH_PIXELS
 
     rng = np.random.default_rng(0)
     shapes = [(40, 40), (30, 50), (40, 40), (300, 260), (30, 50)]
@@ -87,6 +87,7 @@ def test_decode_batch_preprocesses_small_images_together_with_the_same_result(tm
     out, skipped = decode_captioned_batch(batch, pre)
     assert not skipped
     np.testing.assert_array_equal(out["image"], np.stack([pre(a) for a in arrays]))
+    np.testing.assert_array_equal(pre.batch(arrays), out["image"])  # the photo goes alone inside batch() too
 
 
 def test_decode_batch_finds_the_row_that_spoils_a_batched_preprocess(tmp_path):

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
-from raylens.data.images import BadImage, decode_image, read_image_file
+from raylens.data.images import BATCH_PIXELS, BadImage, decode_image, read_image_file
 from raylens.data.report import SkippedRow
 
 __all__ = ["ImageTransform", "decode_captioned_batch", "apply_transform"]
@@ -34,12 +34,6 @@ def apply_transform(preprocess: ImageTransform, image: np.ndarray, key: str, epo
     if getattr(preprocess, "keyed", False):
         return preprocess(image, key=key, epoch=epoch)
     return preprocess(image)
-
-
-BATCH_PIXELS = 1 << 16
-"""Decoded images up to this many pixels (256 x 256) wait for one batched ``preprocess.batch`` per
-batch (3x faster for small images, the same result); bigger ones are preprocessed at once, so a
-batch never holds many decoded photos. Keyed (random) transforms go one by one."""
 
 
 def _unusable(e: Exception) -> str:
@@ -77,7 +71,8 @@ def decode_captioned_batch(
     images: list[np.ndarray | None] = []
     skipped: list[SkippedRow] = []
     batched = not getattr(preprocess, "keyed", False) and callable(getattr(preprocess, "batch", None))
-    waiting: dict[int, np.ndarray] = {}  # position in `images` -> small decoded image, preprocessed below
+    # position in `images` -> a small decoded image, preprocessed with the others below (keyed transforms: one by one)
+    waiting: dict[int, np.ndarray] = {}
     for i, path in enumerate(paths):
         if require_caption and (captions is None or not str(captions[i] or "").strip()):
             skipped.append(SkippedRow(path, "missing caption"))
